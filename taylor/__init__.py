@@ -1,0 +1,38 @@
+"""taylor: a boss/worker batch task scheduler.
+
+The caller hands instruction sets to a :class:`Boss`, which runs one
+:class:`Worker` process per set in a boss subprocess, as a scheduler allows,
+and sends back each worker's report::
+
+    from taylor import batch_main
+    from taylor.examples import Sleeper  # noqa: F401 - registers the worker class
+
+    batch_main(dict(wakeup_sentence='done'), dict(sleeping_time=[0.1, 0.2, 0.3]))
+"""
+
+from .boss import Boss, batch_main, run_as_server
+from .errors import (
+                     BossClosedError,
+                     BossDiedError,
+                     CapacityError,
+                     InstructionsError,
+                     Interrupted,
+                     NoWorkerFitError,
+                     RemoteTraceback,
+                     ReportError,
+                     TaylorError,
+                     WorkerDiedError,
+                     WorkerError,
+                     WorkerTimeoutError,
+)
+from .report import Report, to_jsonable
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Boss", "Worker", "Report", "run_as_server", "batch_main", "to_jsonable",
+    "TaylorError", "InstructionsError", "NoWorkerFitError", "CapacityError", "BossDiedError",
+    "BossClosedError", "WorkerError", "WorkerDiedError", "WorkerTimeoutError", "ReportError",
+    "Interrupted", "RemoteTraceback", "__version__",
+]

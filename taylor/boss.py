@@ -1,0 +1,508 @@
+"""Boss: the caller's handle on a boss process.
+
+The caller checks and sends instructions and control signals, and receives
+the workers' entries as they end.  Every wait is a blocking wait on two
+things at once, the boss's channel and its death, so no call can hang on a
+boss that is gone; and every finished entry is already in the caller's hands,
+so nothing finished is lost whatever happens to the boss.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import weakref
+from multiprocessing.connection import wait as _wait
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+from . import wire
+from .engine import SIGNALS, Options, serve
+from .errors import (
+    BossClosedError,
+    BossDiedError,
+    InstructionsError,
+    Interrupted,
+    RemoteTraceback,
+    TaylorError,
+    _short,
+    describe_exit,
+)
+from .instructions import expand, resolve, worker_classes
+from .report import Report
+from .schedulers import default_scheduler
+
+__all__ = ["Boss", "run_as_server", "batch_main"]
+
+_CHUNK_ROWS = 5000
+_live_bosses: weakref.WeakSet[Boss] = weakref.WeakSet()
+
+
+class Boss:
+    """Runs workers in a boss subprocess, as told by the caller.
+
+    :param scheduler: decides which instructions start when (default: as many
+        workers at once as this job has CPUs).
+    :param name: a name for logs.
+    :param verbose: log each worker's start and report (``taylor`` logger).
+    :param maxlenreport: longest report text logged when verbose.
+    :param sharedmemory_common_instructions: instructions given to every
+        worker without being pickled (shared-memory objects); they reach the
+        boss when it is created.
+    :param on_error: ``'abort'`` (stop everything at the first failure and
+        raise it) or ``'continue'`` (run everything, report every outcome).
+    :param timeout: default ``timeout`` in seconds of workers that set none.
+    :param stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker.
+    :param max_report_bytes: largest pickled report a worker may send.
+    :param max_instructions_bytes: largest pickled batch of instructions the
+        caller may send at once.
+    """
+
+    control_signals = dict(SIGNALS)
+
+    def __init__(self, scheduler: Any = None, name: Optional[str] = None, verbose: bool = False,
+                 maxlenreport: int = 1024, sharedmemory_common_instructions: Optional[Mapping[str, Any]] = None,
+                 on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
+                 max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30) -> None:
+        if on_error not in ("abort", "continue"):
+            raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        if not stop_grace >= 0:
+            raise ValueError(f"stop_grace must be zero or more seconds, got {stop_grace!r}")
+        if scheduler is None:
+            scheduler = default_scheduler()
+        if not callable(getattr(scheduler, "launchable", None)):
+            raise TypeError(f"scheduler must have a launchable(pending, workers, report) method, got {scheduler!r}")
+        if not hasattr(os, "fork"):
+            raise TaylorError("taylor needs os.fork (Linux, macOS and other Unix systems); this platform has none")
+        self.scheduler = scheduler
+        self.name = name
+        self.verbose = verbose
+        self._shared = dict(sharedmemory_common_instructions or {})
+        self._options = Options(name=name, verbose=verbose, maxlenreport=maxlenreport, on_error=on_error,
+                                timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
+                                shared=self._shared)
+        self._max_instructions_bytes = int(max_instructions_bytes)
+        self._visible = frozenset(worker_classes())
+        self._names: set = set()
+        self._entries: List[Dict[str, Any]] = []
+        self._decoder = wire.Decoder()
+        self._status: Optional[Dict[str, Any]] = None
+        self._final: Optional[Report] = None
+        self._failure: Optional[BaseException] = None
+        self._ended = False
+        self._reaped = False
+        self._exitcode: Optional[int] = None
+        self._owner = os.getpid()
+        self._start()
+
+    # ------------------------------------------------------------- the process
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        sentinel_r, sentinel_w = os.pipe()
+        others = [fd for boss in list(_live_bosses) for fd in boss._caller_fds()]
+        caller_pid = os.getpid()
+        for stream in (sys.stdout, sys.stderr):  # or the children would print it again
+            with contextlib.suppress(Exception):
+                stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the boss process
+            code = 70
+            try:
+                ours.close()
+                os.close(sentinel_r)
+                for fd in others:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                code = serve(theirs.detach(), caller_pid, self.scheduler, self._options, [sentinel_w])
+            except BaseException:  # noqa: BLE001 - never return into the caller's code
+                with contextlib.suppress(BaseException):
+                    import traceback
+                    traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        os.close(sentinel_w)
+        self.pid: int = pid
+        self._sock = ours
+        self._fd = ours.fileno()
+        self._sentinel = sentinel_r
+        _live_bosses.add(self)
+
+    def _caller_fds(self) -> List[int]:
+        return [] if self._reaped else [self._fd, self._sentinel]
+
+    def _reap(self, block: bool = True) -> None:
+        if self._reaped:
+            return
+        pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return
+        self._exitcode = os.waitstatus_to_exitcode(status)
+        self._reaped = True
+        self._sock.close()
+        os.close(self._sentinel)
+        _live_bosses.discard(self)
+
+    # ------------------------------------------------------------- the channel
+    def _send(self, kind: str, payload: Any, data: Optional[bytes] = None) -> None:
+        if self._final is not None or self._reaped:
+            raise BossClosedError(f"the boss{self._label()} has ended its run; it takes no more {kind}")
+        data = data if data is not None else wire.encode((kind, payload))
+        with _signals_deferred():  # a message cut in half would garble the channel
+            try:
+                self._sock.sendall(data)
+            except OSError:
+                self._pump(lambda: False)  # the boss is gone: say how (raises)
+
+    def _handle(self, message: Any) -> None:
+        kind, payload = message
+        if kind == "entry":
+            self._entries.append(payload)
+        elif kind == "status":
+            self._status = payload
+        elif kind == "final":
+            self._on_final(payload)
+
+    def _pump(self, until, block: bool = True) -> None:
+        """Receive messages until ``until()`` holds; raise if the boss died first."""
+        while not until():
+            ready = _wait([self._fd, self._sentinel], None if block else 0)
+            if not ready:
+                return
+            if self._fd in ready:
+                received = self._receive()
+                if received or (received is None and self._sentinel not in ready):
+                    continue
+            # End of stream, or the boss process has ended: read what it sent before.
+            while self._receive():
+                pass
+            if not until():
+                self._on_boss_death()
+            return
+
+    def _receive(self) -> Optional[bool]:
+        """Read what is waiting: True if something came, False at end of stream, None if nothing yet."""
+        try:
+            data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return False
+        if not data:
+            return False
+        for message in self._decoder.feed(data):
+            if isinstance(message, wire.Undecodable):
+                raise TaylorError(f"a message from the boss{self._label()} could not be read: {message.error}")
+            self._handle(message)
+        return True
+
+    def _on_boss_death(self) -> None:
+        if self._final is not None:
+            return
+        self._reap()
+        report = self._report("failed")
+        error = BossDiedError(
+            f"the boss process{self._label()} (pid {self.pid}) died ({describe_exit(self._exitcode)}) before "
+            f"the end of the run; its workers were killed with it. The {len(self._entries)} entries received "
+            "before are in this error's .report", exitcode=self._exitcode)
+        error.report = report
+        self._final = report
+        self._failure = error
+        raise error
+
+    def _label(self) -> str:
+        return f" {self.name!r}" if self.name else ""
+
+    # ----------------------------------------------------------------- reports
+    def _report(self, status: str, **extra: Any) -> Report:
+        report = Report(workers_report=list(self._entries), status=status)
+        report.update(extra)
+        return report
+
+    def _on_final(self, final: Dict[str, Any]) -> None:
+        extra = {k: final[k] for k in ("pending", "running") if k in final}
+        report = self._report(final["status"], counts=final["counts"], **extra)
+        if self.name is not None:
+            report["boss"] = self.name
+        self._final = report
+        error = final.get("error")
+        if error is None and final.get("failure") is not None:
+            entry = next(e for e in reversed(self._entries) if e["name"] == final["failure"])
+            error = entry["report"]
+            if not isinstance(error, BaseException):
+                error = TaylorError(f"worker {entry['name']!r} failed: {error!r}")
+            tb = entry.get("traceback")
+            if tb and error.__cause__ is None:
+                error.__cause__ = RemoteTraceback(tb)
+            if hasattr(error, "add_note") and tb:
+                error.add_note(f"raised in taylor worker {entry['name']!r} (pid {entry['pid']}) "
+                               f"with instructions {_short(entry['instructions'])}")
+        if error is not None:
+            with contextlib.suppress(AttributeError, TypeError):
+                error.report = report
+            if error.__cause__ is None and getattr(error, "traceback", None):
+                error.__cause__ = RemoteTraceback(error.traceback)
+            self._failure = error
+            report["error"] = error
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    # -------------------------------------------------------------- public API
+    def set_instructions(self, common_instructions: Optional[Mapping[str, Any]] = None,
+                         individual_instructions: Optional[Mapping[str, Sequence[Any]]] = None,
+                         fatal: bool = True) -> List[str]:
+        """Check instruction sets and queue them in the boss; return the worker names.
+
+        Each row of ``individual_instructions`` (lists of equal length) merged
+        with ``common_instructions`` is one worker's instructions.  Everything
+        that can be found wrong is found here, before anything is sent:
+        unequal lengths, duplicate names, instructions no Worker fits,
+        instructions the scheduler could never start, or that cannot be
+        pickled.  ``fatal`` is accepted for compatibility; bad input never
+        reaches the boss, so it never needs stopping.
+        """
+        self._raise_failure()
+        if self._ended or self._final is not None:
+            raise BossClosedError(f"the boss{self._label()} was told the instructions had ended; "
+                                  "create a new Boss for more work")
+        rows = expand(common_instructions, individual_instructions)
+        names = set(self._names)
+        instructions = resolve(rows, shared=self._shared, taken=names, visible=self._visible)
+        validate = getattr(self.scheduler, "validate", None)
+        if callable(validate):
+            validate(instructions)
+        messages = [self._encode_chunk(instructions[i:i + _CHUNK_ROWS])
+                    for i in range(0, len(instructions), _CHUNK_ROWS)]
+        for data in messages:
+            self._send("instructions", None, data)
+        self._names = names
+        return [i["name"] for i in instructions]
+
+    def _encode_chunk(self, chunk: List[Any]) -> bytes:
+        try:
+            return wire.encode(("instructions", chunk), limit=self._max_instructions_bytes)
+        except Exception as exc:  # noqa: BLE001 - find and name the culprit
+            for row in chunk:
+                try:
+                    wire.encode(row, limit=self._max_instructions_bytes)
+                except Exception as row_exc:  # noqa: BLE001
+                    raise InstructionsError(
+                        f"the instructions of worker {row['name']!r} cannot be sent to the boss: "
+                        f"{type(row_exc).__name__}: {row_exc}. Give large or unpicklable objects through "
+                        "sharedmemory_common_instructions, or a path to a file") from row_exc
+            raise InstructionsError(f"a batch of {len(chunk)} instructions cannot be sent to the boss: "
+                                    f"{type(exc).__name__}: {exc}; send fewer at once") from exc
+
+    def make_them_work(self, terminate: bool = False, stop_listening: bool = False) -> None:
+        """Start the workers; ``terminate`` also calls :meth:`end`, ``stop_listening`` sends STOP_LISTENING."""
+        self._raise_failure()
+        self._send("signal", "RESUME")
+        if stop_listening:
+            self._send("signal", "STOP_LISTENING")
+        if terminate:
+            self.end()
+
+    def stop_them_working(self) -> None:
+        """Terminate running workers now (SIGTERM, then SIGKILL after ``stop_grace``) and end the run.
+
+        Harmless when the run has already ended.
+        """
+        if self._final is None and not self._reaped:
+            with contextlib.suppress(TaylorError):
+                self._send("signal", "STOP_RIGHTNOW")
+
+    def send_signal(self, name: str) -> None:
+        """Send one of :attr:`control_signals` by name (``'HALT'``, ``'STOP'``...)."""
+        if name not in SIGNALS:
+            raise ValueError(f"unknown control signal {name!r}; known: {', '.join(SIGNALS)}")
+        self._raise_failure()
+        if name == "END":
+            self.end()
+        else:
+            self._send("signal", name)
+
+    def get_report(self, interim: bool = True) -> Optional[Report]:
+        """The final report once the run has ended; before that, an interim
+        report if ``interim`` (``None`` otherwise).  Raises the run's failure
+        if it failed.
+        """
+        self._raise_failure()
+        if self._final is None:
+            self._pump(lambda: False, block=False)
+        if self._final is None and interim:
+            self._status = None
+            self._send("signal", "SEND_REPORT")
+            self._pump(lambda: self._status is not None or self._final is not None)
+            if self._final is None:
+                return self._report("interim", counts=self._status["counts"], running=self._status["running"])
+        self._raise_failure()
+        return self._final
+
+    def end(self) -> None:
+        """Tell the boss no more instructions will come; it ends once all pending work is done."""
+        if not self._ended and self._final is None and not self._reaped:
+            self._send("signal", "END")
+        self._ended = True
+
+    def wait_till_finished(self) -> Report:
+        """End the instructions, wait for every worker, and return the final report.
+
+        Raises the first worker's error (with ``.report``) when the run was
+        aborted.  On SIGINT or SIGTERM while waiting, stops the workers and
+        raises ``KeyboardInterrupt`` or :class:`~taylor.errors.Interrupted`
+        carrying ``.report``.
+        """
+        self._raise_failure()
+        try:
+            with _signals_raise():
+                self.end()
+                self._pump(lambda: self._final is not None)
+                self._reap()
+        except (KeyboardInterrupt, Interrupted) as exc:
+            exc.report = self._abort()
+            raise
+        self._raise_failure()
+        return self._final
+
+    def _abort(self) -> Report:
+        """Stop everything after an interruption; return what had finished."""
+        with _signals_deferred():
+            self.stop_them_working()
+            try:
+                self._pump(lambda: self._final is not None)
+            except TaylorError:
+                pass
+            self._reap()
+        return self._final if self._final is not None else self._report("stopped")
+
+    def close(self) -> None:
+        """Stop the run if it still goes on, and reap the boss process."""
+        if self._reaped or os.getpid() != self._owner:
+            return
+        if self._final is None:
+            self._abort()
+        self._reap()
+
+    def __enter__(self) -> Boss:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.wait_till_finished()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_reaped", True) or os.getpid() != getattr(self, "_owner", None):
+            return  # in a forked child, this object belongs to the parent
+        with contextlib.suppress(Exception):
+            self._sock.close()  # the boss sees the end of stream and stops its workers
+            _wait([self._sentinel], self._options.stop_grace + 2.0)
+            self._reap(block=False)
+            if not self._reaped:
+                os.kill(self.pid, signal.SIGKILL)
+                self._reap()
+
+    def __repr__(self) -> str:
+        state = "ended" if self._final is not None else "running"
+        return f"<taylor.Boss{self._label()} pid={self.pid} {state}, {len(self._entries)} entries>"
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a message is being written, deliver them after."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(f"received {signal.Signals(signum).name}: the workers were stopped", signum=signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGTERM (what batch systems send before a kill) into an exception while waiting."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):  # the program has its own handler: keep it
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_as_server(common_instructions: Optional[Mapping[str, Any]] = None,
+                  individual_instructions: Optional[Mapping[str, Sequence[Any]]] = None,
+                  scheduler: Any = None, verbose: bool = False, **boss_options: Any) -> Boss:
+    """Create a Boss, give it these instructions, start the workers, return the Boss.
+
+    The run goes on until :meth:`Boss.end` or :meth:`Boss.wait_till_finished`;
+    more instructions may be given meanwhile.  ``boss_options`` are the other
+    :class:`Boss` parameters.
+    """
+    boss = Boss(scheduler=scheduler, verbose=verbose, **boss_options)
+    try:
+        boss.set_instructions(common_instructions, individual_instructions)
+        boss.make_them_work()
+    except BaseException:
+        boss.close()
+        raise
+    return boss
+
+
+def format_report(report: Report) -> str:
+    """The text batch_main prints: one line per worker, then a summary."""
+    lines = []
+    for entry in report.workers:
+        lines.append(f"{entry['name']}: {entry['status']}: {entry['report']!r}")
+    lines.append(report.summary())
+    return "\n".join(lines)
+
+
+def batch_main(common_instructions: Optional[Mapping[str, Any]] = None,
+               individual_instructions: Optional[Mapping[str, Sequence[Any]]] = None,
+               scheduler: Any = None, verbose: bool = False, print_report: bool = True,
+               **boss_options: Any) -> Report:
+    """Run one batch to the end, print its report and return it.
+
+    Raises the first worker error (with ``.report``) unless
+    ``on_error='continue'``; see :func:`run_as_server` for the parameters.
+    """
+    boss = run_as_server(common_instructions, individual_instructions, scheduler=scheduler,
+                         verbose=verbose, **boss_options)
+    try:
+        report = boss.wait_till_finished()
+    finally:
+        boss.close()
+    if print_report:
+        print(format_report(report))
+    return report
+
+
+@atexit.register
+def _stop_forgotten_bosses() -> None:
+    """At interpreter exit, stop runs nobody waited for, so that nothing outlives the program."""
+    for boss in list(_live_bosses):
+        with contextlib.suppress(Exception):
+            boss.close()
+
+
+# A forked child (the boss, a worker, a user's own fork) owns none of its parent's bosses.
+os.register_at_fork(after_in_child=_live_bosses.clear)

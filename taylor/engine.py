@@ -1,0 +1,563 @@
+"""The boss process: one event loop over control, reports and ended children.
+
+The loop sleeps in a single ``select`` over the control channel (instructions
+and signals from the caller), every running worker's report channel, a
+self-pipe woken by SIGCHLD/SIGTERM, and (where the kernel offers it) a pidfd
+of the caller.  Its only timeout is the nearest deadline (a worker's timeout,
+or the grace before a SIGKILL): an idle boss uses no CPU.
+
+Every worker ends in exactly one entry, built when its process is reaped:
+the report it sent, else the exception it sent, else what killed it.  Entries
+are streamed to the caller as they are made, so the boss keeps nothing that
+grows with the number of tasks, and a caller keeps every finished report even
+if the boss is killed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import signal
+import time
+import traceback
+from collections import deque
+from typing import Any, Callable, Dict, List, Optional
+
+from . import wire
+from .errors import (
+    CapacityError,
+    Interrupted,
+    ReportError,
+    TaylorError,
+    WorkerDiedError,
+    WorkerTimeoutError,
+    describe_exit,
+    worker_failure_message,
+)
+from .instructions import Instructions, resolve
+from .launcher import LocalProcesses
+from .report import DONE, FAILED, STOPPED
+from .worker import OK, RAISED, UNSENDABLE
+
+__all__ = ["Engine", "Options", "SIGNALS", "serve"]
+
+log = logging.getLogger("taylor.boss")
+
+#: Control signals and their meaning (the caller sends their names).
+SIGNALS = {
+    "HALT": "Suspend starting workers until RESUME.",
+    "RESUME": "Start workers again as the scheduler allows.",
+    "SEND_REPORT": "Send an interim report, and go on.",
+    "END": "Take no more instructions; finish all pending work, then end.",
+    "STOP": "Start nothing more; let running workers finish, then end.",
+    "STOP_LISTENING": "Report now and end; running workers finish unobserved.",
+    "STOP_RIGHTNOW": "Terminate running workers at once, then end.",
+}
+
+#: How many recent entries schedulers see as ``report``.
+REPORT_WINDOW = 1000
+
+
+class Options:
+    """The boss's settings, fixed at creation."""
+
+    def __init__(self, *, name: Optional[str] = None, verbose: bool = False, maxlenreport: int = 1024,
+                 on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
+                 max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None) -> None:
+        self.name = name
+        self.verbose = verbose
+        self.maxlenreport = int(maxlenreport)
+        self.on_error = on_error
+        self.timeout = timeout
+        self.stop_grace = float(stop_grace)
+        self.max_report_bytes = int(max_report_bytes)
+        self.shared = dict(shared or {})
+
+
+class RunningWorker:
+    """A running worker as schedulers see it: its instructions are attributes too."""
+
+    def __init__(self, instructions: Dict[str, Any], pid: int, fd: int) -> None:
+        self.instructions = instructions
+        self.name: str = instructions["name"]
+        self.pid = pid
+        self.fd = fd
+        self.start_time = time.time()
+        self.memory = float(getattr(instructions, "memory", instructions.get("memory", 0.0)) or 0.0)
+        self.expected_time = float(getattr(instructions, "expected_time", instructions.get("expected_time", 0.0))
+                                   or 0.0)
+        self.scheduler_ticket = instructions.get("scheduler_ticket")
+        self.decoder = wire.Decoder()
+        self.outcome: Optional[tuple] = None
+        self.channel_open = True
+        self.finished = False
+        self.timed_out = False
+        self.stop_requested = False
+        self.others: list = []  # descendants outside its process group, seen when stopping
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["instructions"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __repr__(self) -> str:
+        return f"<worker {self.name!r} pid={self.pid}>"
+
+
+class Engine:
+    """The boss's state and event loop; runs in the boss process only."""
+
+    def __init__(self, control: int, caller_pid: int, scheduler: Any, options: Options,
+                 inherited_fds: List[int]) -> None:
+        self.control = control
+        self.caller_pid = caller_pid
+        self.scheduler = scheduler
+        self.options = options
+        self.inherited_fds = list(inherited_fds)  # boss-only fds the workers must not keep
+        self.pending: List[Dict[str, Any]] = []
+        self.workers: Dict[str, RunningWorker] = {}
+        self.by_pid: Dict[int, RunningWorker] = {}
+        self.recent: deque = deque(maxlen=REPORT_WINDOW)
+        self.counts = {DONE: 0, FAILED: 0, STOPPED: 0}
+        self.halted = True
+        self.ending = False
+        self.stopping: Optional[str] = None
+        self.silent = False
+        self.failure: Optional[Dict[str, Any]] = None
+        self.error: Optional[BaseException] = None
+        self.dirty = False
+        self.deadlines: list = []
+        self._seq = itertools.count()
+        self.outbox = wire.Outbox(control)
+        self.control_decoder = wire.Decoder()
+        self.selector = selectors.DefaultSelector()
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        self.caller_fd: Optional[int] = None
+        self.launcher = LocalProcesses(self._private_fds, options.max_report_bytes)
+
+    # ------------------------------------------------------------------ set-up
+    def _private_fds(self) -> List[int]:
+        fds = [self.control, self.wakeup_r, self.wakeup_w, self.selector.fileno()]
+        fds += self.inherited_fds
+        if self.caller_fd is not None:
+            fds.append(self.caller_fd)
+        fds += [w.fd for w in self.workers.values() if w.channel_open]
+        return fds
+
+    def _setup(self) -> None:
+        os.set_blocking(self.control, False)
+        for fd in (self.wakeup_r, self.wakeup_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _note_signal)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+        self.selector.register(self.control, selectors.EVENT_READ, self._on_control)
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ, self._on_wakeup)
+        if hasattr(os, "pidfd_open"):
+            try:
+                self.caller_fd = os.pidfd_open(self.caller_pid)
+                self.selector.register(self.caller_fd, selectors.EVENT_READ, self._on_caller_gone)
+            except OSError:  # old kernel: the control channel's end of file will tell
+                self.caller_fd = None
+        if os.getppid() != self.caller_pid:
+            self._caller_gone()
+
+    # --------------------------------------------------------------- main loop
+    def run(self) -> int:
+        """Serve until the run ends; return the process exit code."""
+        try:
+            self._setup()
+            while not self._over():
+                if self.dirty:
+                    self._dispatch()
+                    if self._over():
+                        break
+                self._wait()
+        except BaseException as exc:  # noqa: BLE001 - a boss bug must still end the run cleanly
+            log.error("boss loop failed:\n%s", traceback.format_exc())
+            self.error = TaylorError(f"the boss process failed: {type(exc).__name__}: {exc}",
+                                     traceback=traceback.format_exc())
+            self._stop_workers("error")
+            self._drain_workers()
+        self._send_final()
+        return 0
+
+    def _over(self) -> bool:
+        if self.workers:
+            return False
+        if self.stopping is not None:
+            return True
+        return self.ending and not self.pending
+
+    def _wait(self) -> None:
+        timeout = None
+        if self.deadlines:
+            timeout = max(0.0, self.deadlines[0][0] - time.monotonic())
+        if self.outbox:
+            self._flush_outbox()
+        for key, mask in self.selector.select(timeout):
+            key.data(key.fd, mask)
+        self._expire_deadlines()
+        if self.outbox:
+            self._flush_outbox()
+
+    # ------------------------------------------------------------- the caller
+    def _on_control(self, fd: int, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush_outbox()
+        if not mask & selectors.EVENT_READ:
+            return
+        data = wire.read_chunk(fd)
+        if data is None:
+            return
+        if not data:
+            self._caller_gone()
+            return
+        for message in self.control_decoder.feed(data):
+            self._handle(message)
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, wire.Undecodable):
+            log.error("unreadable message from the caller: %s", message.error)
+            return
+        kind, payload = message
+        if kind == "instructions":
+            if self.ending or self.stopping:
+                log.warning("%d instructions arrived after the end was asked; ignored", len(payload))
+                return
+            self.pending.extend(payload)
+            self.dirty = True
+        elif kind == "signal":
+            self._on_signal(payload)
+
+    def _on_signal(self, name: str) -> None:
+        if name == "SEND_REPORT":
+            self._send(("status", self._status_payload()))
+        elif name == "HALT":
+            self.halted = True
+        elif name == "RESUME":
+            self.halted = False
+            self.dirty = True
+        elif name == "END":
+            self.ending = True
+            self.halted = False  # ending means finishing what is pending
+            self.dirty = True
+        elif name == "STOP":
+            self.stopping = self.stopping or "stop"
+        elif name == "STOP_LISTENING":
+            self.stopping = self.stopping or "listening"
+            self._send_final()
+            self.silent = True
+        elif name == "STOP_RIGHTNOW":
+            self.stopping = "rightnow"
+            self._stop_workers("rightnow")
+
+    def _on_caller_gone(self, fd: int, mask: int) -> None:
+        self._caller_gone()
+
+    def _caller_gone(self) -> None:
+        """The caller died or closed its end: stop everything, nobody is listening."""
+        if self.caller_fd is not None:
+            self.selector.unregister(self.caller_fd)
+            os.close(self.caller_fd)
+            self.caller_fd = None
+        try:
+            self.selector.unregister(self.control)
+        except (KeyError, ValueError):
+            pass
+        self.silent = True
+        self.stopping = "caller gone"
+        self._stop_workers("caller gone")
+
+    def _send(self, message: Any) -> None:
+        if self.silent:
+            return
+        self.outbox.push(wire.encode(message))
+
+    def _flush_outbox(self) -> None:
+        try:
+            done = self.outbox.flush()
+        except OSError:  # the caller is gone
+            self._caller_gone()
+            return
+        events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        try:
+            if self.selector.get_key(self.control).events != events:
+                self.selector.modify(self.control, events, self._on_control)
+        except (KeyError, ValueError):
+            pass
+
+    def _status_payload(self) -> Dict[str, Any]:
+        return {"running": sorted(self.workers), "counts": self._counts()}
+
+    def _counts(self) -> Dict[str, int]:
+        counts = dict(self.counts)
+        counts["running"] = len(self.workers)
+        counts["pending"] = len(self.pending)
+        return counts
+
+    def _send_final(self) -> None:
+        """Send the end-of-run message, waiting until the caller has it (or is gone)."""
+        if self.silent:
+            return
+        if self.error is not None:
+            status = "stopped" if isinstance(self.error, Interrupted) else "failed"
+        elif self.failure is not None:
+            status = "failed"
+        elif self.stopping == "rightnow":
+            status = "stopped"
+        elif self.pending or self.workers:
+            status = "pending"
+        else:
+            status = "finished"
+        final = {"status": status, "counts": self._counts(), "error": self.error,
+                 "failure": self.failure["name"] if self.failure else None}
+        if self.pending:
+            final["pending"] = [dict(p) for p in self.pending]
+        if self.workers:
+            final["running"] = sorted(self.workers)
+        try:
+            self.outbox.push(wire.encode(("final", final)))
+        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable pending instruction
+            final = {"status": status, "counts": self._counts(),
+                     "error": TaylorError(f"the final report could not be sent: {exc}"), "failure": None}
+            self.outbox.push(wire.encode(("final", final)))
+        try:
+            os.set_blocking(self.control, True)
+            while self.outbox and not self.outbox.flush():
+                pass
+        except OSError:
+            pass
+        finally:
+            try:
+                os.set_blocking(self.control, False)
+            except OSError:
+                pass
+
+    # -------------------------------------------------------------- dispatching
+    def _dispatch(self) -> None:
+        self.dirty = False
+        if self.halted or self.stopping or not self.pending:
+            return
+        try:
+            launch, later = self.scheduler.launchable(self.pending, self.workers, self.recent)
+        except Exception as exc:  # noqa: BLE001 - a scheduler bug fails the run, clearly
+            self._fail_run(TaylorError(f"the scheduler {type(self.scheduler).__name__} raised "
+                                       f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()))
+            return
+        if later is not self.pending:
+            self.pending = later if isinstance(later, list) else list(later)
+        for instructions in launch:
+            if self.stopping:
+                self.pending.insert(0, instructions)
+                continue
+            self._start(instructions)
+        if not self.workers and self.pending and not launch:
+            self._fail_run(CapacityError(
+                f"the scheduler {type(self.scheduler).__name__} starts none of the {len(self.pending)} "
+                "pending instructions although no worker runs, so they could never start; first one: "
+                f"{dict(self.pending[0])}"))
+
+    def _start(self, instructions: Dict[str, Any]) -> None:
+        if not isinstance(instructions, Instructions) or instructions.worker_class is None:
+            # A custom scheduler built new dicts: choose their class here.
+            try:
+                (instructions,) = resolve([instructions], shared=self.options.shared,
+                                          taken=set(self.workers))
+            except TaylorError as exc:
+                self._fail_run(exc)
+                return
+        pid, fd = self.launcher.start(instructions.worker_class, instructions.attributes(self.options.shared))
+        worker = RunningWorker(instructions, pid, fd)
+        self.workers[worker.name] = worker
+        self.by_pid[pid] = worker
+        self.selector.register(fd, selectors.EVENT_READ, lambda _fd, _mask: self._read_report(worker))
+        timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
+        if timeout is not None:
+            self._at(timeout, self._on_timeout, worker)
+        if self.options.verbose:
+            log.info("worker %s started (pid %d)", worker.name, pid)
+
+    # ---------------------------------------------------------------- workers
+    def _read_report(self, worker: RunningWorker) -> None:
+        """Read what the worker's channel holds now (never blocks)."""
+        while worker.channel_open:
+            data = wire.read_chunk(worker.fd)
+            if data is None:
+                return
+            if not data:
+                self._close_channel(worker)
+                return
+            for message in worker.decoder.feed(data):
+                if worker.outcome is None:
+                    worker.outcome = message
+
+    def _close_channel(self, worker: RunningWorker) -> None:
+        if worker.channel_open:
+            worker.channel_open = False
+            self.selector.unregister(worker.fd)
+            os.close(worker.fd)
+
+    def _on_wakeup(self, fd: int, mask: int) -> None:
+        signals = set()
+        while True:
+            data = wire.read_chunk(fd)
+            if not data:
+                break
+            signals.update(data)
+        if signal.SIGTERM in signals or signal.SIGHUP in signals:
+            signum = signal.SIGTERM if signal.SIGTERM in signals else signal.SIGHUP
+            if self.error is None:
+                self.error = Interrupted(f"the boss process received {signal.Signals(signum).name} "
+                                         "and stopped its workers", signum=signum)
+            self.stopping = "signal"
+            self._stop_workers("signal")
+        self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.by_pid.pop(pid, None)
+            if worker is not None:
+                self._finish(worker, os.waitstatus_to_exitcode(status))
+
+    def _drain_workers(self) -> None:
+        """Kill and reap every worker after the loop itself failed (no grace: the loop is broken)."""
+        for worker in self.by_pid.values():
+            LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)
+        while self.by_pid:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            worker = self.by_pid.pop(pid, None)
+            if worker is not None:
+                self._finish(worker, os.waitstatus_to_exitcode(status))
+
+    def _finish(self, worker: RunningWorker, exitcode: int) -> None:
+        """Turn an ended worker into its one entry, and act on it."""
+        self._read_report(worker)  # all it wrote is in the pipe by now
+        self._close_channel(worker)
+        worker.finished = True
+        del self.workers[worker.name]
+        LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)  # strays left in its group
+        entry = {
+            "name": worker.name,
+            "status": DONE,
+            "report": None,
+            "instructions": {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"},
+            "pid": worker.pid,
+            "start_time": worker.start_time,
+            "end_time": time.time(),
+            "exitcode": exitcode,
+        }
+        outcome = worker.outcome
+        kind = outcome[0] if isinstance(outcome, tuple) and outcome else None
+        failed = None
+        if kind == OK:
+            entry["report"] = outcome[1]
+        elif kind == RAISED:
+            entry.update(status=FAILED, report=outcome[1], traceback=outcome[2])
+        elif kind == UNSENDABLE:
+            failed = ReportError, str(outcome[1])
+        elif isinstance(outcome, wire.Undecodable):
+            failed = ReportError, (f"sent a report the boss could not unpickle "
+                                   f"({type(outcome.error).__name__}: {outcome.error})")
+        elif worker.timed_out:
+            timeout = getattr(worker.instructions, "timeout", None)
+            timeout = self.options.timeout if timeout is None else timeout
+            failed = WorkerTimeoutError, (f"ran longer than its timeout of {timeout:g} s and was terminated "
+                                          f"({describe_exit(exitcode)})")
+        elif worker.stop_requested:
+            entry["status"] = STOPPED
+        else:
+            partly = " (it died while sending its report)" if worker.decoder.partial else ""
+            failed = WorkerDiedError, f"ended without reporting: {describe_exit(exitcode)}{partly}"
+        if failed is not None:
+            cls, what = failed
+            entry.update(status=FAILED, report=cls(
+                worker_failure_message(what, worker.name, entry["instructions"], worker.pid),
+                worker=worker.name, pid=worker.pid, instructions=entry["instructions"], exitcode=exitcode))
+        self.counts[entry["status"]] += 1
+        self.recent.append(entry)
+        self._log(entry)
+        self._send(("entry", entry))
+        self.dirty = True
+        if entry["status"] == FAILED and self.options.on_error == "abort" and self.failure is None \
+                and self.stopping is None:
+            self.failure = entry
+            self.stopping = "abort"
+            self._stop_workers("abort")
+
+    def _log(self, entry: Dict[str, Any]) -> None:
+        if entry["status"] == FAILED:
+            log.error("worker %s failed: %s", entry["name"], entry["report"])
+        elif self.options.verbose:
+            text = repr(entry["report"])
+            if len(text) > self.options.maxlenreport:
+                text = text[: self.options.maxlenreport] + " ..."
+            log.info("worker %s %s: %s", entry["name"], entry["status"], text)
+
+    def _fail_run(self, error: BaseException) -> None:
+        """A failure that is no worker's: stop everything and report it."""
+        if self.error is None:
+            self.error = error
+        self.stopping = "error"
+        self._stop_workers("error")
+
+    # ------------------------------------------------------- stopping, deadlines
+    def _stop_workers(self, why: str) -> None:
+        for worker in list(self.workers.values()):
+            self._terminate(worker)
+
+    def _terminate(self, worker: RunningWorker) -> None:
+        if worker.finished or worker.stop_requested:
+            return
+        worker.stop_requested = True
+        worker.others = [p for p in LocalProcesses.descendants(worker.pid)]
+        LocalProcesses.signal(worker.pid, signal.SIGTERM, worker.others)
+        self._at(self.options.stop_grace, self._on_grace_over, worker)
+
+    def _on_timeout(self, worker: RunningWorker) -> None:
+        if not worker.finished and not worker.stop_requested and worker.outcome is None:
+            worker.timed_out = True
+            self._terminate(worker)
+
+    def _on_grace_over(self, worker: RunningWorker) -> None:
+        if not worker.finished:
+            LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)
+
+    def _at(self, delay: float, action: Callable[[RunningWorker], None], worker: RunningWorker) -> None:
+        heapq.heappush(self.deadlines, (time.monotonic() + delay, next(self._seq), action, worker))
+        if len(self.deadlines) > 64 + 4 * len(self.workers):  # forget deadlines of ended workers
+            self.deadlines = [d for d in self.deadlines if not d[3].finished]
+            heapq.heapify(self.deadlines)
+
+    def _expire_deadlines(self) -> None:
+        now = time.monotonic()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, _, action, worker = heapq.heappop(self.deadlines)
+            action(worker)
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    """Signal handler of the boss: the wake-up pipe carries the signal, nothing else to do."""
+
+
+def serve(control: int, caller_pid: int, scheduler: Any, options: Options, inherited_fds: List[int]) -> int:
+    """Entry point of the boss process."""
+    if options.verbose:
+        logging.getLogger("taylor").setLevel(logging.INFO)
+    return Engine(control, caller_pid, scheduler, options, inherited_fds).run()
+
+

@@ -1,0 +1,169 @@
+"""Instruction sets: built from ``common`` + ``individual``, checked in the caller.
+
+Everything that can be known wrong before a process starts is found here, in
+the caller, so that bad input raises at once with the culprit named: lists of
+unequal lengths, duplicate names, instructions no Worker class fits (with
+footprints' reasons), worker classes the boss cannot see.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import footprints
+
+from .errors import InstructionsError, NoWorkerFitError, _short
+
+__all__ = ["Instructions", "expand", "resolve", "worker_classes"]
+
+
+class Instructions(dict):
+    """One instruction set: the keyword arguments of one worker.
+
+    A plain ``dict`` to schedulers and reports, holding the keys the caller
+    gave (with the values footprints cast them to) and the worker's name.  It
+    also carries what the caller resolved: the Worker class, the values of
+    the attributes the caller left to their defaults (``defaults``), and the
+    ``memory``, ``expected_time`` and ``timeout`` the worker will have.
+    """
+
+    __slots__ = ("worker_class", "defaults", "memory", "expected_time", "timeout")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker_class: Optional[type] = None
+        self.defaults: Dict[str, Any] = {}
+        self.memory = 0.0
+        self.expected_time = 0.0
+        self.timeout: Optional[float] = None
+
+    def __reduce__(self):
+        return (_rebuild, (dict(self), self.worker_class, self.defaults, self.memory, self.expected_time,
+                           self.timeout))
+
+    @property
+    def name(self) -> str:
+        return self["name"]
+
+    def attributes(self, shared: Mapping[str, Any]) -> Dict[str, Any]:
+        """Every footprint attribute of the worker, as the worker process builds it."""
+        attributes = dict(self.defaults)
+        attributes.update(self)
+        attributes.update(shared)
+        return attributes
+
+
+def _rebuild(items, worker_class, defaults, memory, expected_time, timeout) -> Instructions:
+    obj = Instructions(items)
+    obj.worker_class, obj.defaults = worker_class, defaults
+    obj.memory, obj.expected_time, obj.timeout = memory, expected_time, timeout
+    return obj
+
+
+def expand(common: Optional[Mapping[str, Any]], individual: Optional[Mapping[str, Sequence[Any]]]
+           ) -> List[Dict[str, Any]]:
+    """Merge ``common`` with each row of ``individual`` (equal-length lists).
+
+    A key present in both takes its individual value.  With no individual
+    instructions there is nothing to run and the result is empty.
+    """
+    common = dict(common or {})
+    individual = dict(individual or {})
+    for key in list(common) + list(individual):
+        if not isinstance(key, str):
+            raise InstructionsError(f"instruction keys must be strings, got {key!r}")
+    lengths = {}
+    for key, values in individual.items():
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+            raise InstructionsError(
+                f"individual instruction {key!r} must be a list of values (one per worker), "
+                f"got {type(values).__name__} {_short({key: values}, 80)}")
+        lengths[key] = len(values)
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+        raise InstructionsError(f"individual instructions must all have the same length; got {detail}")
+    count = next(iter(lengths.values()), 0)
+    columns = [(key, list(values)) for key, values in individual.items()]
+    rows = []
+    for i in range(count):
+        row = dict(common)
+        for key, values in columns:
+            row[key] = values[i]
+        rows.append(row)
+    return rows
+
+
+def worker_classes() -> List[type]:
+    """Every concrete Worker class footprints knows of now."""
+    return list(footprints.collectors.get(tag="worker").items())
+
+
+def _best_fit(collector: Any, description: Dict[str, Any]):
+    """(class, resolved attributes) of the best Worker for ``description``, or None.
+
+    Ties are broken as footprints itself does (footprint weight, then priority).
+    """
+    candidates = collector.find_all(description)
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        candidates.sort(key=lambda c: c[0].footprint_weight(len(c[2])), reverse=True)
+    cls, resolved, _ = candidates[0]
+    # Footprints marks attributes whose default is None with UNKNOWN until instantiation.
+    return cls, {k: (None if isinstance(v, str) and v == footprints.UNKNOWN else v) for k, v in resolved.items()}
+
+
+def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = (),
+            taken: Optional[set] = None, visible: Optional[frozenset] = None) -> List[Instructions]:
+    """Choose each row's Worker class and name; refuse what cannot run.
+
+    ``shared`` are instructions given to every worker outside the rows
+    (shared-memory objects); ``taken`` holds names already used in this run
+    and receives the new ones; ``visible`` are the classes the boss process
+    knows (those defined before it was created).
+    """
+    collector = footprints.collectors.get(tag="worker")
+    taken = set() if taken is None else taken
+    shared = dict(shared)
+    result = []
+    new_names = set()
+    for row in rows:
+        description = dict(row)
+        description.update(shared)
+        fit = _best_fit(collector, description)
+        if fit is None:
+            whynot = collector.report_last.as_dict() if collector.report_last else {}
+            reasons = "; ".join(
+                f"{cls}: " + ", ".join(f"{attr} {why.get('why', why)}" + (
+                    f" ({why['args']!r})" if isinstance(why, dict) and "args" in why else "")
+                    for attr, why in attrs.items())
+                for cls, attrs in whynot.items()) or "no Worker class is defined (import the module that defines them)"
+            raise NoWorkerFitError(
+                f"no Worker class fits the instructions {_short(row)} with keys {sorted(row)}: {reasons}",
+                instructions=dict(row), whynot=whynot)
+        cls, resolved = fit
+        if visible is not None and cls not in visible and cls.__module__ == "__main__":
+            raise InstructionsError(
+                f"Worker class {cls.__qualname__} was defined in __main__ after the Boss was created, "
+                "so the boss process does not know it: define worker classes before creating the Boss")
+        name = resolved.get("name")
+        if name is None:
+            name = str(uuid.uuid4())
+        elif not isinstance(name, str):
+            name = str(name)
+        if name in taken or name in new_names:
+            raise InstructionsError(f"two workers would be named {name!r}: worker names must be unique in a run")
+        new_names.add(name)
+        instructions = Instructions({key: resolved.get(key, value) for key, value in row.items()})
+        instructions["name"] = name
+        instructions.worker_class = cls
+        instructions.defaults = {k: v for k, v in resolved.items() if k not in row and k not in shared
+                                 and k != "name"}
+        instructions.memory = float(resolved.get("memory") or 0.0)
+        instructions.expected_time = float(resolved.get("expected_time") or 0.0)
+        timeout = resolved.get("timeout")
+        instructions.timeout = None if timeout is None else float(timeout)
+        result.append(instructions)
+    taken.update(new_names)
+    return result
