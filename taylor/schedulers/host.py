@@ -1,17 +1,18 @@
-"""What this host, or this batch job, lets us use: CPUs (and memory).
+"""What this host, or this batch job, lets us use: CPUs and memory.
 
 Every figure a scheduler defaults to comes from here, so that "fit the job,
-not the node" is decided in one place.
+not the node" is decided in one place.  :func:`describe` says where each
+figure came from.
 """
 
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import Any, Dict, List, Tuple
 
 import psutil
 
-__all__ = ["process_cpus", "all_cpus", "usable_cpus"]
+__all__ = ["process_cpus", "all_cpus", "usable_cpus", "usable_memory", "describe"]
 
 
 def all_cpus() -> List[int]:
@@ -27,6 +28,28 @@ def process_cpus() -> List[int]:
         return all_cpus()
 
 
+def _cpus() -> Tuple[int, str]:
+    return max(1, len(process_cpus())), "CPU affinity of this process"
+
+
+def _memory() -> Tuple[float, str]:
+    return psutil.virtual_memory().total / 2**20, "total memory of the host (psutil)"
+
+
 def usable_cpus() -> int:
     """How many CPUs this job may keep busy at once."""
-    return max(1, len(process_cpus()))
+    return _cpus()[0]
+
+
+def usable_memory() -> float:
+    """How much memory (MiB) this job may use."""
+    return _memory()[0]
+
+
+def describe() -> Dict[str, Tuple[Any, str]]:
+    """Each figure the schedulers default to, with where it came from.
+
+    Keys: ``cpus`` (int) and ``memory_mib`` (float); values are
+    ``(figure, source)`` pairs, the source a short human-readable phrase.
+    """
+    return {"cpus": _cpus(), "memory_mib": _memory()}
