@@ -339,6 +339,8 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
     setattr(SharedNumpyArray, f"__i{_name}__", _inplace(getattr(operator, f"i{_name}")))
 for _name in ("lt", "le", "gt", "ge"):
     setattr(SharedNumpyArray, f"__{_name}__", _binary(getattr(operator, _name))[0])
-for _name in ("neg", "pos", "abs", "invert"):
+for _name in ("neg", "pos", "abs", "invert", "index"):
     setattr(SharedNumpyArray, f"__{_name}__", _unary(getattr(operator, _name)))
+for _name, _op in (("int", int), ("float", float), ("complex", complex)):
+    setattr(SharedNumpyArray, f"__{_name}__", _unary(_op))
 del _name, _op, _forward, _reflected

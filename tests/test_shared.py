@@ -7,6 +7,8 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -164,3 +166,27 @@ def test_lock_excludes_threads_and_processes():
     shared.release()
     with pytest.raises(RuntimeError, match="not held"):
         shared.release()
+
+
+def test_lock_excludes_threads_of_one_process():
+    # Record locks alone do not exclude threads of one process: the array also takes a thread lock.
+    counter = SharedNumpyArray.zeros(1, dtype="int64")
+
+    def add():
+        for _ in range(50):
+            with counter:
+                value = counter[0]
+                time.sleep(0)  # let another thread run between the read and the write
+                counter[0] = value + 1
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert counter[0] == 200
+
+
+def test_scalar_conversions():
+    shared = SharedNumpyArray(np.array(3, dtype="int32"))  # 0-d, as numpy requires
+    assert float(shared) == 3.0 and int(shared) == 3 and [10, 20, 30, 40][shared] == 40
