@@ -38,6 +38,15 @@ class Masker(Worker):
         return os.getpid()
 
 
+class Leaker(Worker):
+    """Returns its shared array itself as its report (which cannot be sent)."""
+
+    _footprint = dict(attr=dict(leaked=dict(type=SharedNumpyArray), leak=dict(values=[True], type=bool)))
+
+    def _task(self):
+        return self.leaked
+
+
 class LockHolder(Worker):
     """Takes the lock of ``locked`` and dies holding it."""
 
@@ -102,6 +111,13 @@ def test_cannot_be_pickled_nor_sent_as_an_ordinary_instruction():
         with pytest.raises(InstructionsError, match="sharedmemory_common_instructions"):
             boss.set_instructions(dict(shared_sum=shared), dict(value=[1.0, 2.0]))
     assert boss.get_report()["workers_report"] == []  # nothing was sent, nothing ran
+
+
+def test_returning_it_as_a_report_is_a_clear_worker_error():
+    shared = SharedNumpyArray.zeros(2)
+    report = run(dict(leak=True), dict(name=["leaker"]), dict(leaked=shared), on_error="continue")
+    (failure,) = report.failures
+    assert failure["name"] == "leaker" and "sharedmemory_common_instructions" in str(failure["report"])
 
 
 def test_workers_write_in_place_and_the_caller_sees_it():
