@@ -157,7 +157,13 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
     for row in rows:
         description = dict(row)
         description.update(shared)
-        fit = _best_fit(collector, description)
+        try:
+            fit = _best_fit(collector, description)
+        except Exception as exc:  # noqa: BLE001 - footprints trips on some values (e.g. arrays)
+            raise InstructionsError(
+                f"footprints could not examine the instructions {_short(row)}: {type(exc).__name__}: {exc}. "
+                "Large arrays belong in sharedmemory_common_instructions (see taylor.util.SharedNumpyArray)",
+                instructions=dict(row)) from exc
         if fit is None:
             whynot = collector.report_last.as_dict() if collector.report_last else {}
             reasons = "; ".join(
