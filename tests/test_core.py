@@ -170,3 +170,21 @@ def test_worker_classes_defined_in_functions_work_if_defined_before_the_boss():
             boss.set_instructions(None, dict(too_late=[1]))
     finally:
         boss.close()
+
+
+@pytest.mark.timeout(60)
+def test_no_deadlock_when_a_large_final_report_meets_a_large_batch_of_instructions():
+    # The first worker fails at once; the final report (40,000 pending names) fills the channel
+    # while the caller is still writing another large batch: each side must not wait on the other.
+    boss = run_as_server(None, dict(fault=["raise"] + ["ok"] * 40000), scheduler=MaxThreadsScheduler(max_threads=1))
+    try:
+        time.sleep(0.5)
+        try:
+            boss.set_instructions(dict(noop=True), dict(value=list(range(40000))))
+        except KeyError:
+            pass  # the failure was already known: fine too
+        with pytest.raises(KeyError) as info:
+            boss.wait_till_finished()
+        assert len(info.value.report["pending"]) >= 40000 - 1
+    finally:
+        boss.close()
