@@ -1,0 +1,210 @@
+"""Pending queues that let a scheduler pick what to start in O(log n) per start.
+
+The boss keeps its pending instructions in the object a scheduler's
+``pending_queue()`` returns (a plain list when it returns None).  The boss
+only appends (``extend``), puts back at the front (``insert(0, x)``), counts,
+reads the first one and iterates (final report); everything else is the
+scheduler's business.
+
+:class:`FitQueue` answers "the first instruction, in this queue's order,
+whose need fits in ``free``" and removes it, in O(log n): a treap (a binary
+search tree kept balanced by random priorities) ordered by a key, where each
+node also knows the smallest need in its subtree.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any, Callable, Iterable, Iterator, List, Optional
+
+__all__ = ["FitQueue"]
+
+_INF = float("inf")
+
+
+class _Node:
+    __slots__ = ("key", "need", "item", "prio", "left", "right", "least")
+
+    def __init__(self, key: tuple, need: float, item: Any, prio: float) -> None:
+        self.key, self.need, self.item, self.prio = key, need, item, prio
+        self.left: Optional[_Node] = None
+        self.right: Optional[_Node] = None
+        self.least = need
+
+
+def _update(node: _Node) -> None:
+    least = node.need
+    if node.left is not None and node.left.least < least:
+        least = node.left.least
+    if node.right is not None and node.right.least < least:
+        least = node.right.least
+    node.least = least
+
+
+def _split(node: Optional[_Node], key: tuple):
+    """(nodes with keys < key, the others)."""
+    if node is None:
+        return None, None
+    if node.key < key:
+        node.right, rest = _split(node.right, key)
+        _update(node)
+        return node, rest
+    before, node.left = _split(node.left, key)
+    _update(node)
+    return before, node
+
+
+def _merge(a: Optional[_Node], b: Optional[_Node]) -> Optional[_Node]:
+    """Join two treaps, every key of ``a`` below every key of ``b``."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if a.prio > b.prio:
+        a.right = _merge(a.right, b)
+        _update(a)
+        return a
+    b.left = _merge(a, b.left)
+    _update(b)
+    return b
+
+
+def _take(node: Optional[_Node], free: float):
+    """(treap without it, the first node whose need <= free, or None)."""
+    if node is None or node.least > free:
+        return node, None
+    if node.left is not None and node.left.least <= free:
+        node.left, found = _take(node.left, free)
+        _update(node)
+        return node, found
+    if node.need <= free:
+        return _merge(node.left, node.right), node
+    node.right, found = _take(node.right, free)
+    _update(node)
+    return node, found
+
+
+def _build(nodes: List[_Node], lo: int, hi: int) -> Optional[_Node]:
+    """A balanced treap of sorted ``nodes[lo:hi]`` (priorities by height, above any random one)."""
+    if lo >= hi:
+        return None
+    mid = (lo + hi) // 2
+    node = nodes[mid]
+    node.left = _build(nodes, lo, mid)
+    node.right = _build(nodes, mid + 1, hi)
+    node.prio = 1.0 + max(node.left.prio if node.left else 0.0, node.right.prio if node.right else 0.0)
+    _update(node)
+    return node
+
+
+class FitQueue:
+    """Pending instructions in ``order(item, seq)`` order, each needing ``need(item)``.
+
+    ``seq`` is the arrival number (negative for instructions put back in
+    front).  New instructions are staged and merged into the tree at the next
+    query: in one linear build when many came at once, one by one otherwise.
+    """
+
+    def __init__(self, order: Callable[[Any, int], tuple], need: Callable[[Any], float]) -> None:
+        self._order = order
+        self._need = need
+        self._root: Optional[_Node] = None
+        self._size = 0
+        self._staged: List[_Node] = []
+        self._seq = itertools.count()
+        self._front = itertools.count(-1, -1)
+        self._random = random.Random(0x7A710)
+
+    # -- what the boss uses
+    def extend(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.append(item)
+
+    def append(self, item: Any) -> None:
+        self._staged.append(_Node(self._order(item, next(self._seq)), self._need(item), item, 0.0))
+        self._size += 1
+
+    def insert(self, index: int, item: Any) -> None:
+        """Put ``item`` back (the boss does so, at index 0, when it stops before starting it)."""
+        seq = next(self._front) if index == 0 else next(self._seq)
+        self._staged.append(_Node(self._order(item, seq), self._need(item), item, 0.0))
+        self._size += 1
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self._settle()
+        stack: List[_Node] = []
+        node = self._root
+        while stack or node is not None:
+            while node is not None:
+                stack.append(node)
+                node = node.left
+            node = stack.pop()
+            yield node.item
+            node = node.right
+
+    def __getitem__(self, index: int) -> Any:
+        if index < 0:
+            index += self._size
+        if not 0 <= index < self._size:
+            raise IndexError("pending queue index out of range")
+        return next(itertools.islice(iter(self), index, None))
+
+    def __repr__(self) -> str:
+        return f"<FitQueue of {self._size} pending>"
+
+    # -- what schedulers use
+    def least_need(self) -> float:
+        """The smallest need of any queued instruction (inf when empty)."""
+        self._settle()
+        return self._root.least if self._root is not None else _INF
+
+    def pop_fit(self, free: float = _INF) -> Optional[Any]:
+        """Remove and return the first instruction whose need is at most ``free`` (None if none)."""
+        self._settle()
+        self._root, node = _take(self._root, free)
+        if node is None:
+            return None
+        self._size -= 1
+        return node.item
+
+    def need(self, item: Any) -> float:
+        return self._need(item)
+
+    def _settle(self) -> None:
+        staged = self._staged
+        if not staged:
+            return
+        self._staged = []
+        staged.sort(key=lambda n: n.key)
+        tree = self._size - len(staged)
+        if self._root is None or len(staged) * 16 > tree:
+            # Many at once: rebuild the whole tree from the sorted nodes in linear time.
+            nodes = self._nodes() + staged if self._root is not None else staged
+            if self._root is not None:
+                nodes.sort(key=lambda n: n.key)
+            self._root = _build(nodes, 0, len(nodes))
+            return
+        for node in staged:
+            node.prio = self._random.random()  # below every built node's priority (>= 1)
+            before, after = _split(self._root, node.key)
+            self._root = _merge(_merge(before, node), after)
+
+    def _nodes(self) -> List[_Node]:
+        out: List[_Node] = []
+        stack: List[_Node] = []
+        node = self._root
+        while stack or node is not None:
+            while node is not None:
+                stack.append(node)
+                node = node.left
+            node = stack.pop()
+            out.append(node)
+            node = node.right
+        return out
