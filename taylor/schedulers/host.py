@@ -181,8 +181,8 @@ def available_memory(root: str = "/") -> float:
         if limit is None:
             limit = _read(os.path.join(directory, "memory.limit_in_bytes"))
             current = _read(os.path.join(directory, "memory.usage_in_bytes"))
-        limit_n, current_n = _positive_int(limit), _positive_int(current)
-        if limit_n and current_n is not None and limit_n < _V1_UNLIMITED:
+        limit_n, current_n = _positive_int(limit), _positive_int(current) or 0
+        if limit_n and limit_n < _V1_UNLIMITED:
             available = min(available, max(0.0, (limit_n - current_n) / MIB))
     return available
 
