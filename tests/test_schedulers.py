@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections import deque
 from types import SimpleNamespace
 
 import footprints
@@ -21,7 +20,7 @@ from taylor.schedulers import (
     memory,
 )
 from taylor.schedulers.binding import BindToTicket, socket_packed_cpus
-from taylor.schedulers.queues import FitQueue
+from taylor.schedulers.queues import FitQueue, PackedFifo, PackedStore
 
 fpx = footprints.proxy
 
@@ -126,8 +125,13 @@ def test_max_threads_caps_running_workers_and_keeps_order(container):
     assert scheduler.launchable(pending, running(*launch, {"name": "x"}), [])[0] == []
 
 
-def test_threads_scheduler_keeps_the_boss_queue_a_deque():
-    assert isinstance(MaxThreadsScheduler(max_threads=2).pending_queue(), deque)
+def test_threads_scheduler_keeps_the_boss_queue_packed_in_order():
+    queue = MaxThreadsScheduler(max_threads=2).pending_queue()
+    assert isinstance(queue, PackedFifo)
+    queue.extend(rows(3))
+    queue.insert(0, {"name": "back"})
+    assert [i["name"] for i in queue] == ["back", "t0", "t1", "t2"] and queue[1] == {"name": "t0"}
+    assert [queue.popleft()["name"] for _ in range(4)] == ["back", "t0", "t1", "t2"] and not queue
     assert LaxistScheduler().pending_queue() is None
 
 
@@ -338,3 +342,17 @@ def test_fit_queue_pops_the_first_fitting_like_a_scan_does():
         assert len(queue) == len(naive)
     assert list(queue) == naive
     assert queue.least_need() == min((item[2] for item in naive), default=float("inf"))
+
+
+def test_packed_store_gives_back_what_it_was_given_and_frees_segments():
+    store = PackedStore()
+    store.SEGMENT = 4096
+    items = [{"name": f"t{i}", "blob": "x" * (i * 37 % 500)} for i in range(200)]
+    handles = [store.put(item) for item in items]
+    assert len(store._segments) > 5
+    assert [store.take(h) for h in handles[:150]] == items[:150]
+    # Emptied segments are unmapped: only those holding the other 50 remain.
+    assert set(store._segments) == {h >> 64 for h in handles[150:]} and len(store._segments) < 10
+    hook = store.put(lambda worker: None)  # unpicklable: kept as an object
+    assert callable(store.take(hook))
+    assert [store.get(h) for h in handles[150:]] == items[150:]

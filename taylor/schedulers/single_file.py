@@ -17,19 +17,24 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, 
 from footprints.stdtypes import FPList
 
 from .base import Decision, Pending, Running, owns_queue
+from .queues import PackedStore
 from .threads import MaxThreadsScheduler
 
 __all__ = ["SingleOpenFileScheduler", "FileQueue", "DEFAULT_FILE_KEYS"]
 
 DEFAULT_FILE_KEYS = ("file", "fileA", "fileB")
 
-_Entry = Tuple[int, int, Any, Optional[str]]  # (seq, unique, instructions, file it waited on)
+_Entry = Tuple[int, int, int, Optional[str]]  # (seq, unique, handle in the store, file it waited on)
 
 
 class FileQueue:
-    """Pending instructions: a ready heap in arrival order, and per-file waiting heaps."""
+    """Pending instructions: a ready heap in arrival order, and per-file waiting heaps.
+
+    The instructions themselves are packed in a :class:`~.queues.PackedStore`.
+    """
 
     def __init__(self) -> None:
+        self.store = PackedStore()
         self.ready: List[_Entry] = []
         self.waiting: Dict[str, List[_Entry]] = defaultdict(list)
         self.open: Set[str] = set()
@@ -49,7 +54,7 @@ class FileQueue:
         self._push(next(self._front) if index == 0 else next(self._seq), item)
 
     def _push(self, seq: int, item: Any) -> None:
-        heapq.heappush(self.ready, (seq, next(self._unique), item, None))
+        heapq.heappush(self.ready, (seq, next(self._unique), self.store.put(item), None))
         self._size += 1
 
     def __len__(self) -> int:
@@ -62,7 +67,7 @@ class FileQueue:
         entries = list(self.ready)
         for heap in self.waiting.values():
             entries.extend(heap)
-        return (entry[2] for entry in sorted(entries, key=lambda e: (e[0], e[1])))
+        return (self.store.get(entry[2]) for entry in sorted(entries, key=lambda e: (e[0], e[1])))
 
     def __getitem__(self, index: int) -> Any:
         return list(self)[index]
@@ -156,12 +161,14 @@ class SingleOpenFileScheduler(MaxThreadsScheduler):
             entry = queue.pop_ready()
             if entry is None:
                 break
-            names = self.files(entry[2])
+            item = queue.store.get(entry[2])
+            names = self.files(item)
             busy = next((n for n in names if n in open_now), None)
             if busy is not None:
                 queue.wait_on(busy, entry)
                 continue
-            launch.append(entry[2])
+            queue.store.drop(entry[2])
+            launch.append(item)
             open_now.update(names)
             room -= 1
         queue.open = open_now

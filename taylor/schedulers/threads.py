@@ -9,6 +9,7 @@ from ..errors import InstructionsError
 from .base import BaseScheduler, Decision, Pending, Running, owns_queue
 from .binding import BindToTicket, socket_packed_cpus
 from .host import usable_cpus
+from .queues import PackedFifo
 
 __all__ = ["LaxistScheduler", "MaxThreadsScheduler", "BINDED_ATTR", "BindingMixin", "take_front"]
 
@@ -41,8 +42,8 @@ class BindingMixin:
 
 
 def take_front(pending: Pending, count: int) -> List[Any]:
-    """Remove and return the first ``count`` pending instructions (O(count) on a deque)."""
-    if isinstance(pending, deque):
+    """Remove and return the first ``count`` pending instructions (O(count) on a deque or a PackedFifo)."""
+    if isinstance(pending, (deque, PackedFifo)):
         return [pending.popleft() for _ in range(min(count, len(pending)))]
     launch = list(pending[:count])
     del pending[:count]
@@ -118,8 +119,8 @@ class MaxThreadsScheduler(BindingMixin, BaseScheduler):
     def _all_tickets(self) -> Set[Any]:
         return set(range(self._limit))
 
-    def _new_queue(self) -> deque:
-        return deque()
+    def _new_queue(self) -> PackedFifo:
+        return PackedFifo()
 
     @owns_queue
     def launchable(self, pending: Pending, workers: Running, report: Sequence[Mapping]) -> Decision:
