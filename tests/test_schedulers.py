@@ -352,7 +352,7 @@ def test_packed_store_gives_back_what_it_was_given_and_frees_segments():
     assert len(store._segments) > 5
     assert [store.take(h) for h in handles[:150]] == items[:150]
     # Emptied segments are unmapped: only those holding the other 50 remain.
-    assert set(store._segments) == {h >> 64 for h in handles[150:]} and len(store._segments) < 10
+    assert set(store._segments) == {h >> 32 for h in handles[150:]} and len(store._segments) < 10
     hook = store.put(lambda worker: None)  # unpicklable: kept as an object
     assert callable(store.take(hook))
     assert [store.get(h) for h in handles[150:]] == items[150:]

@@ -26,7 +26,8 @@ import itertools
 import mmap
 import pickle
 import random
-from collections import deque
+import struct
+from array import array
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 __all__ = ["PackedStore", "PackedFifo", "FitQueue"]
@@ -41,12 +42,16 @@ class _Segment:
         self.live = 0
 
 
+_LENGTH = struct.Struct("<I")
+
+
 class PackedStore:
     """Pickled items in shared memory segments, addressed by integer handles.
 
-    A segment is unmapped as soon as its last item is taken.  An item that
-    cannot be pickled (rare: a hook built by a custom scheduler) is kept as
-    an object.
+    A handle is ``segment << 32 | offset``; the item's length is written
+    before it.  A segment is unmapped as soon as its last item is taken.  An
+    item that cannot be pickled (rare: a hook built by a custom scheduler) is
+    kept as an object, under a negative handle.
     """
 
     SEGMENT = 4 << 20
@@ -64,29 +69,31 @@ class PackedStore:
             handle = next(self._ids)
             self._objects[handle] = item
             return handle
+        size = _LENGTH.size + len(data)
         segment = self._segments.get(self._current)
-        if segment is None or segment.used + len(data) > len(segment.buffer):
+        if segment is None or segment.used + size > len(segment.buffer):
             self._current += 1
-            segment = self._segments[self._current] = _Segment(max(self.SEGMENT, len(data)))
+            segment = self._segments[self._current] = _Segment(max(self.SEGMENT, size))
         offset = segment.used
-        segment.buffer[offset:offset + len(data)] = data
-        segment.used += len(data)
+        _LENGTH.pack_into(segment.buffer, offset, len(data))
+        segment.buffer[offset + _LENGTH.size:offset + size] = data
+        segment.used += size
         segment.live += 1
-        return ((self._current << 32) | offset) << 32 | len(data)
+        return self._current << 32 | offset
 
     def get(self, handle: int) -> Any:
         if handle < 0:
             return self._objects[handle]
-        length = handle & 0xFFFFFFFF
-        offset = (handle >> 32) & 0xFFFFFFFF
-        segment = self._segments[handle >> 64]
-        return pickle.loads(segment.buffer[offset:offset + length])
+        buffer = self._segments[handle >> 32].buffer
+        offset = (handle & 0xFFFFFFFF) + _LENGTH.size
+        (length,) = _LENGTH.unpack_from(buffer, offset - _LENGTH.size)
+        return pickle.loads(buffer[offset:offset + length])
 
     def drop(self, handle: int) -> None:
         if handle < 0:
             del self._objects[handle]
             return
-        number = handle >> 64
+        number = handle >> 32
         segment = self._segments[number]
         segment.live -= 1
         if segment.live == 0 and number != self._current:
@@ -100,11 +107,13 @@ class PackedStore:
 
 
 class PackedFifo:
-    """First in, first out, items packed in a :class:`PackedStore`."""
+    """First in, first out, items packed in a :class:`PackedStore`, handles in a flat array."""
 
     def __init__(self) -> None:
         self.store = PackedStore()
-        self._handles: deque = deque()
+        self._handles = array("q")
+        self._head = 0
+        self._front: List[int] = []  # put back in front by the boss (stack: last put back first)
 
     def extend(self, items: Iterable[Any]) -> None:
         put = self.store.put
@@ -114,25 +123,44 @@ class PackedFifo:
         self._handles.append(self.store.put(item))
 
     def insert(self, index: int, item: Any) -> None:
-        self._handles.insert(index, self.store.put(item))
+        if index != 0:
+            raise ValueError("PackedFifo only takes items back at the front")
+        self._front.append(self.store.put(item))
 
     def popleft(self) -> Any:
-        return self.store.take(self._handles.popleft())
+        if self._front:
+            return self.store.take(self._front.pop())
+        if self._head >= len(self._handles):
+            raise IndexError("pop from an empty queue")
+        handle = self._handles[self._head]
+        self._head += 1
+        if self._head > 4096 and self._head * 2 > len(self._handles):
+            del self._handles[:self._head]  # amortised O(1): each handle is moved at most once
+            self._head = 0
+        return self.store.take(handle)
+
+    def _order(self) -> List[int]:
+        return self._front[::-1] + list(self._handles[self._head:])
 
     def __len__(self) -> int:
-        return len(self._handles)
+        return len(self._front) + len(self._handles) - self._head
 
     def __bool__(self) -> bool:
-        return bool(self._handles)
+        return len(self) > 0
 
     def __iter__(self) -> Iterator[Any]:
-        return (self.store.get(handle) for handle in list(self._handles))
+        return (self.store.get(handle) for handle in self._order())
 
     def __getitem__(self, index: int) -> Any:
-        return self.store.get(self._handles[index])
+        if index == 0 and self._front:
+            return self.store.get(self._front[-1])
+        if index == 0 and self._head < len(self._handles):
+            return self.store.get(self._handles[self._head])
+        return self.store.get(self._order()[index])
 
     def __repr__(self) -> str:
         return f"<PackedFifo of {len(self)} pending>"
+
 
 _INF = float("inf")
 
