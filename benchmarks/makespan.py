@@ -5,7 +5,7 @@ and varied declared memory, seeded so every scheduler gets the same one.
 The lower bound is max(total work / threads, longest task): no schedule of
 ``threads`` workers can do better.  A ratio of 1.00 is perfect.
 
-    python benchmarks/makespan.py                     # 2 threads, 30 tasks, about 45 s in all
+    python benchmarks/makespan.py                     # 2 threads, 30 tasks, about 50 s in all
     python benchmarks/makespan.py --threads 4 --tasks 60 --scale 0.5
 
 The memory scheduler has no thread cap: its ``max_memory`` is set to
@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=30)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every duration")
+    parser.add_argument("--scale", type=float, default=0.7, help="multiplies every duration")
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
     naps, memory, files = batch(args.tasks, args.scale, args.seed)

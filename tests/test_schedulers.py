@@ -192,7 +192,7 @@ def test_oversize_instruction_is_refused_by_validate_naming_the_worker():
 def test_measured_memory_holds_back_what_the_host_cannot_give(monkeypatch):
     scheduler = MaxMemoryScheduler(max_memory=10000, measured=True)
     monkeypatch.setattr(memory, "available_memory", lambda: 1000.0)
-    monkeypatch.setattr(memory, "_tree_rss", lambda pid: 100.0)
+    monkeypatch.setattr(memory, "_trees_rss", lambda pids: [100.0 for _ in pids])
     busy = running(rows(1, memory=[500])[0], pid=12345)
     # Available 1000 minus the 400 the running worker declared but does not use yet: 600.
     assert scheduler.measured_room(busy) == pytest.approx(600.0)
@@ -356,3 +356,11 @@ def test_packed_store_gives_back_what_it_was_given_and_frees_segments():
     hook = store.put(lambda worker: None)  # unpicklable: kept as an object
     assert callable(store.take(hook))
     assert [store.get(h) for h in handles[150:]] == items[150:]
+
+
+def test_resident_memory_of_a_process_tree_is_measured():
+    import os
+
+    (mine,) = memory._trees_rss([os.getpid()])
+    assert 1.0 < mine < 100000.0
+    assert memory._trees_rss([None, 2 ** 22 + 12345]) == [0.0, 0.0]

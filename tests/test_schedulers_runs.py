@@ -94,3 +94,11 @@ def test_binded_workers_each_run_on_their_own_cpu():
                 assert bindings[first["name"]] != bindings[second["name"]]
     unbound = run(MaxThreadsScheduler(max_threads=1), None, dict(sleeping_time=[0.0]))
     assert unbound[0]["report"]["binding"] == ([None] if set(cpus) == set(host.all_cpus()) else cpus)
+
+
+def test_measured_and_binded_memory_scheduler_runs_real_workers():
+    scheduler = MaxMemoryScheduler(max_memory=300, memory_per_task=100, measured=True, binded=True)
+    entries = run(scheduler, None, dict(sleeping_time=[0.15] * 5))
+    assert peak(entries) <= 3
+    assert all(len(e["report"]["binding"]) == 1 for e in entries)
+    assert {e["instructions"]["scheduler_ticket"] for e in entries} <= {0, 1, 2}

@@ -10,7 +10,7 @@ smaller ones behind it).  With ``measured=True`` the host is asked too: see
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
 
 import psutil
 
@@ -141,10 +141,8 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
         does not use yet (declared minus the resident set size of its process
         and descendants, when positive): that part may still be claimed.
         """
-        untouched = 0.0
-        for worker in workers.values():
-            declared = self.need(worker)
-            untouched += max(0.0, declared - _tree_rss(getattr(worker, "pid", None)))
+        rss = _trees_rss([getattr(worker, "pid", None) for worker in workers.values()])
+        untouched = sum(max(0.0, self.need(worker) - used) for worker, used in zip(workers.values(), rss))
         return available_memory() - untouched
 
     @owns_queue
@@ -174,19 +172,28 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
         return self._assign_tickets(workers, launch), pending
 
 
-def _tree_rss(pid: Optional[int]) -> float:
-    """Resident memory (MiB) of a process and its descendants (0 if gone or unknown)."""
-    if pid is None:
-        return 0.0
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc] + proc.children(recursive=True)
-    except psutil.Error:
-        return 0.0
-    total = 0
-    for one in procs:
-        try:
-            total += one.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / MIB
+def _trees_rss(pids: List[Optional[int]]) -> List[float]:
+    """Resident memory (MiB) of each process with its descendants (0 if gone or unknown).
+
+    One pass over the process table per call, whatever the number of workers.
+    """
+    children: Dict[int, List[psutil.Process]] = {}
+    rss: Dict[int, int] = {}
+    for proc in psutil.process_iter(["ppid", "memory_info"]):
+        info = proc.info
+        if info.get("memory_info") is None:
+            continue
+        rss[proc.pid] = info["memory_info"].rss
+        children.setdefault(info["ppid"], []).append(proc)
+    out = []
+    for pid in pids:
+        total, stack, seen = 0, [pid] if pid in rss else [], set()
+        while stack:
+            one = stack.pop()
+            if one in seen:
+                continue
+            seen.add(one)
+            total += rss.get(one, 0)
+            stack.extend(child.pid for child in children.get(one, ()))
+        out.append(total / MIB)
+    return out
