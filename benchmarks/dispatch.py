@@ -84,6 +84,48 @@ def rate(kind: str, size: int, threads: int, warmup: int, measure: int) -> float
     return measure / (ends[target - 1] - ends[warmup - 1])
 
 
+class _Running:
+    """A running worker as the boss shows it to schedulers (for the in-process measure)."""
+
+    def __init__(self, instructions):
+        self.instructions = instructions
+        self.name = instructions["name"]
+        self.memory = float(instructions.get("memory", 0.0))
+        self.expected_time = float(instructions.get("expected_time", 0.0))
+        self.scheduler_ticket = instructions.get("scheduler_ticket")
+        self.pid = None
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["instructions"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def decision_cost(kind: str, size: int, threads: int, decisions: int) -> float:
+    """Microseconds per started task of the scheduler's decisions alone, with ``size`` pending,
+    driven as the boss does: one worker ends, the scheduler is asked, what it starts runs."""
+    from taylor.instructions import expand, resolve
+
+    scheduler = scheduler_for(kind, threads)
+    rows = resolve(expand(dict(benchnoop=True), instructions(kind, size)))
+    queue = scheduler.pending_queue()
+    pending = rows if queue is None else queue
+    if queue is not None:
+        queue.extend(rows)
+    del rows
+    workers = {}
+    launch, pending = scheduler.launchable(pending, workers, [])  # first call: builds any index
+    workers.update((i["name"], _Running(i)) for i in launch)
+    started, begin = 0, time.perf_counter()
+    for _ in range(decisions):
+        workers.pop(next(iter(workers)))
+        launch, pending = scheduler.launchable(pending, workers, [])
+        workers.update((i["name"], _Running(i)) for i in launch)
+        started += len(launch)
+    return (time.perf_counter() - begin) / max(started, 1) * 1e6
+
+
 def main() -> None:
     logging.getLogger("footprints").setLevel(logging.ERROR)  # "multiple candidates" for singlefile
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,12 +135,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="tasks ended before the measure starts")
     parser.add_argument("--measure", type=int, default=800, help="tasks the rate is measured over")
     parser.add_argument("--threads", type=int, default=host.usable_cpus(), help="workers at once")
+    parser.add_argument("--decisions-only", action="store_true",
+                        help="only measure the schedulers' decisions, in this process (no workers)")
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs of each size, alternated; the best rate of each size is kept")
     args = parser.parse_args()
     short, long_ = args.sizes
     if args.warmup + args.measure > short:
         parser.error("--warmup + --measure must not exceed the short queue size")
+    print(f"scheduler decisions alone (in this process, {args.measure} decisions), microseconds per started task")
+    print(f"{'scheduler':<16}{short:>10,} pending{long_:>10,} pending")
+    for kind in args.schedulers.split(","):
+        cost = [decision_cost(kind, size, args.threads, args.measure) for size in (short, long_)]
+        print(f"{kind:<16}{cost[0]:>12.1f} us{cost[1]:>14.1f} us")
+    if args.decisions_only:
+        return
+    print()
     print(f"no-op tasks, {args.threads} at once; rate over tasks {args.warmup}..{args.warmup + args.measure}")
     print(f"{'scheduler':<16}{short:>10,} pending{long_:>10,} pending{'ratio':>9}")
     worst = None

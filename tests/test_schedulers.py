@@ -364,3 +364,12 @@ def test_resident_memory_of_a_process_tree_is_measured():
     (mine,) = memory._trees_rss([os.getpid()])
     assert 1.0 < mine < 100000.0
     assert memory._trees_rss([None, 2 ** 22 + 12345]) == [0.0, 0.0]
+
+
+def test_tickets_are_the_smallest_free_ones():
+    scheduler = MaxMemoryScheduler(max_memory=1000, memory_per_task=1)
+    busy = running({"name": "x", "scheduler_ticket": 0}, {"name": "y", "scheduler_ticket": 2})
+    launch, _ = scheduler.launchable(queue_of(scheduler, rows(3)), busy, [])
+    assert [i["scheduler_ticket"] for i in launch] == [1, 3, 4]
+    launch = MaxThreadsScheduler(max_threads=3)._assign_tickets(busy, rows(3))
+    assert [i["scheduler_ticket"] for i in launch] == [1, None, None]

@@ -11,7 +11,7 @@ queue is.  Schedulers written for the original system (subclasses with a
 A scheduler may also own the boss's queue: if :meth:`BaseScheduler.pending_queue`
 returns an object (not None), the boss keeps its pending instructions in it
 instead of a list, and passes it to ``launchable``.  The built-in schedulers
-use this to keep an index (a deque, a tree ordered by expected time with the
+use this to keep an index (a FIFO, a tree ordered by expected time with the
 least memory of each subtree...) so that choosing what starts costs
 O(log pending) per started worker, never a scan of the queue.  A subclass
 that overrides ``launchable`` gets a plain list again, as before.
@@ -19,11 +19,13 @@ that overrides ``launchable`` gets a plain list again, as before.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Dict, List, Mapping, MutableSequence, Optional, Sequence, Set, Tuple, TypeVar
 
 from footprints import FootprintBase
 
-__all__ = ["BaseScheduler", "Pending", "Running", "Decision", "owns_queue", "memory_of", "expected_time_of"]
+__all__ = ["BaseScheduler", "Pending", "Running", "Decision", "owns_queue", "range_tickets", "memory_of",
+           "expected_time_of"]
 
 #: What a scheduler reads: instruction dicts waiting to start (in order)...
 Pending = MutableSequence[Dict[str, Any]]
@@ -57,6 +59,11 @@ def expected_time_of(instructions: Mapping[str, Any]) -> float:
     if value is None and isinstance(instructions, Mapping):
         value = instructions.get("expected_time")
     return float(value or 0.0)
+
+
+def range_tickets(self: BaseScheduler) -> Set[Any]:
+    """Tickets 0 to ``self._ticket_count() - 1`` (what the built-in schedulers hand out)."""
+    return set(range(self._ticket_count()))
 
 
 class BaseScheduler(FootprintBase):
@@ -108,6 +115,10 @@ class BaseScheduler(FootprintBase):
         """Every ticket this scheduler hands out (``{None}``: no tickets)."""
         return {None}
 
+    def _ticket_count(self) -> int:
+        """How many tickets, for schedulers whose ``_all_tickets`` is ``range_tickets``."""
+        return 0
+
     def _workers_hooks(self) -> List[Callable[[Any], None]]:
         """Callables run as ``hook(worker)`` in each worker before its task."""
         return []
@@ -115,7 +126,11 @@ class BaseScheduler(FootprintBase):
     def _assign_tickets(self, workers: Running, launchable: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Give each instruction to launch a ticket no running worker holds."""
         taken = {w.scheduler_ticket for w in workers.values()}
-        free = sorted(t for t in self._all_tickets() - taken if t is not None)
+        count = self._ticket_count() if type(self)._all_tickets is range_tickets else None
+        if count is not None:  # tickets 0..count-1: the smallest free ones, without building the set
+            free = list(itertools.islice((t for t in range(count) if t not in taken), len(launchable)))
+        else:
+            free = sorted(t for t in self._all_tickets() - taken if t is not None)
         hooks = self._workers_hooks()
         for position, instructions in enumerate(launchable):
             instructions["scheduler_ticket"] = free[position] if position < len(free) else None

@@ -8,10 +8,10 @@ one that fits the free memory is found in O(log pending).
 
 from __future__ import annotations
 
-from typing import Any, Set
+from typing import Any
 
 from ..errors import InstructionsError
-from .base import Running, expected_time_of
+from .base import Running, expected_time_of, range_tickets
 from .host import usable_cpus
 from .memory import MaxMemoryScheduler
 
@@ -60,8 +60,10 @@ class LongestFirstScheduler(MaxMemoryScheduler):
     def _order(self, item: Any, seq: int) -> tuple:
         return (-expected_time_of(item), seq)
 
-    def _all_tickets(self) -> Set[Any]:
-        return set(range(self._limit))
+    _all_tickets = range_tickets
+
+    def _ticket_count(self) -> int:
+        return self._limit
 
     def _thread_room(self, workers: Running) -> float:
         return self._limit - len(workers)

@@ -10,12 +10,12 @@ smaller ones behind it).  With ``measured=True`` the host is asked too: see
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import psutil
 
 from ..errors import CapacityError, InstructionsError
-from .base import BaseScheduler, Decision, Pending, Running, memory_of, owns_queue
+from .base import BaseScheduler, Decision, Pending, Running, memory_of, owns_queue, range_tickets
 from .host import MIB, available_memory, describe
 from .queues import FitQueue
 from .threads import BINDED_ATTR, BindingMixin
@@ -113,8 +113,10 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
     def _new_queue(self) -> FitQueue:
         return FitQueue(self._order, self.need)
 
-    def _all_tickets(self) -> Set[Any]:
-        return set(range(MAX_TICKETS))
+    _all_tickets = range_tickets
+
+    def _ticket_count(self) -> int:
+        return MAX_TICKETS
 
     def _thread_room(self, workers: Running) -> float:
         return _INF

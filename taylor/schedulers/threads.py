@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Set
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 from ..errors import InstructionsError
-from .base import BaseScheduler, Decision, Pending, Running, owns_queue
+from .base import BaseScheduler, Decision, Pending, Running, owns_queue, range_tickets
 from .binding import BindToTicket, socket_packed_cpus
 from .host import usable_cpus
 from .queues import PackedFifo
@@ -116,8 +116,10 @@ class MaxThreadsScheduler(BindingMixin, BaseScheduler):
         """The cap actually in force (``max_threads``, or the usable CPUs for 0)."""
         return self._limit
 
-    def _all_tickets(self) -> Set[Any]:
-        return set(range(self._limit))
+    _all_tickets = range_tickets
+
+    def _ticket_count(self) -> int:
+        return self._limit
 
     def _new_queue(self) -> PackedFifo:
         return PackedFifo()
