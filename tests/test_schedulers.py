@@ -373,3 +373,12 @@ def test_tickets_are_the_smallest_free_ones():
     assert [i["scheduler_ticket"] for i in launch] == [1, 3, 4]
     launch = MaxThreadsScheduler(max_threads=3)._assign_tickets(busy, rows(3))
     assert [i["scheduler_ticket"] for i in launch] == [1, None, None]
+
+
+def test_list_paths_give_back_a_tuple_as_a_new_list():
+    scheduler = SingleOpenFileScheduler(max_threads=1)
+    launch, later = scheduler.launchable(tuple(rows(2, file="f")), {}, [])
+    assert [i["name"] for i in launch] == ["t0"] and [i["name"] for i in later] == ["t1"]
+    scheduler = MaxMemoryScheduler(max_memory=10, memory_per_task=6)
+    launch, later = scheduler.launchable(tuple(rows(2)), {}, [])
+    assert [i["name"] for i in launch] == ["t0"] and [i["name"] for i in later] == ["t1"]

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, MutableSequence, Optional
 
 from footprints import FootprintBase
 
-__all__ = ["BaseScheduler", "Pending", "Running", "Decision", "owns_queue", "range_tickets", "memory_of",
+__all__ = ["BaseScheduler", "Pending", "Running", "Decision", "owns_queue", "range_tickets", "give_back", "memory_of",
            "expected_time_of"]
 
 #: What a scheduler reads: instruction dicts waiting to start (in order)...
@@ -59,6 +59,18 @@ def expected_time_of(instructions: Mapping[str, Any]) -> float:
     if value is None and isinstance(instructions, Mapping):
         value = instructions.get("expected_time")
     return float(value or 0.0)
+
+
+def give_back(queue: Any, pending: Any) -> Any:
+    """``pending`` itself, holding what ``queue`` holds (a new list if it cannot be changed)."""
+    if queue is pending:
+        return pending
+    rest = list(queue)
+    try:
+        pending[:] = rest
+    except TypeError:  # a tuple, say
+        return rest
+    return pending
 
 
 def range_tickets(self: BaseScheduler) -> Set[Any]:

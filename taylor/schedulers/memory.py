@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import psutil
 
 from ..errors import CapacityError, InstructionsError
-from .base import BaseScheduler, Decision, Pending, Running, memory_of, owns_queue, range_tickets
+from .base import BaseScheduler, Decision, Pending, Running, give_back, memory_of, owns_queue, range_tickets
 from .host import MIB, available_memory, describe
 from .queues import FitQueue
 from .threads import BINDED_ATTR, BindingMixin
@@ -149,7 +149,7 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
 
     @owns_queue
     def launchable(self, pending: Pending, workers: Running, report: Sequence[Mapping]) -> Decision:
-        queue = pending if isinstance(pending, FitQueue) else self._new_queue()
+        queue = pending if isinstance(pending, FitQueue) else FitQueue(self._order, self.need, packed=False)
         if queue is not pending:  # a list, e.g. from a subclass that filtered it
             queue.extend(pending)
         room = self._thread_room(workers)
@@ -169,9 +169,7 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
             if self.measured and workers and not launch and queue.least_need() <= free:
                 log.info("measured memory (%.0f MiB) holds back %d pending instructions until a worker ends",
                          measured, len(queue))
-        if queue is not pending:
-            pending[:] = list(queue)
-        return self._assign_tickets(workers, launch), pending
+        return self._assign_tickets(workers, launch), give_back(queue, pending)
 
 
 def _trees_rss(pids: List[Optional[int]]) -> List[float]:

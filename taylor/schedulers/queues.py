@@ -30,7 +30,7 @@ import struct
 from array import array
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
-__all__ = ["PackedStore", "PackedFifo", "FitQueue"]
+__all__ = ["PackedStore", "PlainStore", "PackedFifo", "FitQueue"]
 
 
 class _Segment:
@@ -104,6 +104,22 @@ class PackedStore:
         item = self.get(handle)
         self.drop(handle)
         return item
+
+
+class PlainStore:
+    """The :class:`PackedStore` interface keeping items as they are (for short-lived queues)."""
+
+    def put(self, item: Any) -> Any:
+        return item
+
+    def get(self, handle: Any) -> Any:
+        return handle
+
+    def drop(self, handle: Any) -> None:
+        pass
+
+    def take(self, handle: Any) -> Any:
+        return handle
 
 
 class PackedFifo:
@@ -248,10 +264,11 @@ class FitQueue:
     query: in one linear build when many came at once, one by one otherwise.
     """
 
-    def __init__(self, order: Callable[[Any, int], tuple], need: Callable[[Any], float]) -> None:
+    def __init__(self, order: Callable[[Any, int], tuple], need: Callable[[Any], float],
+                 packed: bool = True) -> None:
         self._order = order
         self._need = need
-        self.store = PackedStore()
+        self.store: Any = PackedStore() if packed else PlainStore()
         self._root: Optional[_Node] = None
         self._size = 0
         self._staged: List[_Node] = []

@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, 
 
 from footprints.stdtypes import FPList
 
-from .base import Decision, Pending, Running, owns_queue
-from .queues import PackedStore
+from .base import Decision, Pending, Running, give_back, owns_queue
+from .queues import PackedStore, PlainStore
 from .threads import MaxThreadsScheduler
 
 __all__ = ["SingleOpenFileScheduler", "FileQueue", "DEFAULT_FILE_KEYS"]
@@ -33,8 +33,8 @@ class FileQueue:
     The instructions themselves are packed in a :class:`~.queues.PackedStore`.
     """
 
-    def __init__(self) -> None:
-        self.store = PackedStore()
+    def __init__(self, packed: bool = True) -> None:
+        self.store: Any = PackedStore() if packed else PlainStore()
         self.ready: List[_Entry] = []
         self.waiting: Dict[str, List[_Entry]] = defaultdict(list)
         self.open: Set[str] = set()
@@ -147,7 +147,7 @@ class SingleOpenFileScheduler(MaxThreadsScheduler):
 
     @owns_queue
     def launchable(self, pending: Pending, workers: Running, report: Sequence[Mapping]) -> Decision:
-        queue = pending if isinstance(pending, FileQueue) else FileQueue()
+        queue = pending if isinstance(pending, FileQueue) else FileQueue(packed=False)
         if queue is not pending:
             queue.extend(pending)
         open_now: Set[str] = set()
@@ -172,6 +172,4 @@ class SingleOpenFileScheduler(MaxThreadsScheduler):
             open_now.update(names)
             room -= 1
         queue.open = open_now
-        if queue is not pending:
-            pending[:] = list(queue)
-        return self._assign_tickets(workers, launch), pending
+        return self._assign_tickets(workers, launch), give_back(queue, pending)
