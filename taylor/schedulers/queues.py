@@ -16,7 +16,8 @@ whose page tables a fork does not copy; the queues hold small handles only.
 
 :class:`FitQueue` answers "the first instruction, in this queue's order,
 whose need fits in ``free``" and removes it, in O(log n): a treap (a binary
-search tree kept balanced by random priorities) ordered by a key, where each
+search tree kept balanced by node priorities: heights after a bulk build,
+random for nodes inserted one by one) ordered by a key, where each
 node also knows the smallest need in its subtree.
 """
 
