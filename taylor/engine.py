@@ -122,7 +122,10 @@ class Engine:
         self.scheduler = scheduler
         self.options = options
         self.inherited_fds = list(inherited_fds)  # boss-only fds the workers must not keep
-        self.pending: List[Dict[str, Any]] = []
+        # A scheduler may own the queue's structure (see BaseScheduler.pending_queue).
+        make_queue = getattr(scheduler, "pending_queue", None)
+        queue = make_queue() if callable(make_queue) else None
+        self.pending: Any = [] if queue is None else queue
         self.workers: Dict[str, RunningWorker] = {}
         self.by_pid: Dict[int, RunningWorker] = {}
         self.recent: deque = deque(maxlen=REPORT_WINDOW)
