@@ -384,7 +384,8 @@ class Engine:
             self.pending = later if isinstance(later, list) else list(later)
         for position, instructions in enumerate(launch):
             if self.stopping:  # starting one failed the run: the rest stays pending
-                self.pending[:0] = launch[position:]
+                for back in reversed(launch[position:]):
+                    self.pending.insert(0, back)  # a scheduler's queue takes insert(0, x)
                 break
             self._start(instructions)
         if not self.workers and self.pending and not launch:
