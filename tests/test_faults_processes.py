@@ -1,0 +1,268 @@
+"""Fault injection, process side: the boss dies, the caller dies or is signalled, long runs.
+
+The caller-side cases run a real caller script in a subprocess (its own
+session, so that signalling its process group reaches only what it started),
+record every pid of the run through psutil before the fault, and check that
+none of them is left running after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import faultworkers  # noqa: F401 - registers the fault workers before any Boss exists
+import psutil
+import pytest
+import workers as _core_workers  # noqa: F401 - registers Noop
+
+import taylor
+from taylor import Boss, run_as_server
+from taylor.schedulers import LaxistScheduler, MaxThreadsScheduler
+
+pytestmark = pytest.mark.timeout(40)
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+
+
+def _alive(pids) -> list:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.Error:
+            pass
+    return alive
+
+
+def _gone(pids, within: float = 5.0) -> list:
+    """Wait until none of ``pids`` runs; return those still running."""
+    deadline = time.monotonic() + within
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _alive(pids)
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _until(condition, within: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _children(pid) -> list:
+    try:
+        return [p for p in psutil.Process(pid).children() if p.status() != psutil.STATUS_ZOMBIE]
+    except psutil.Error:
+        return []
+
+
+def _pidfile_tree(pidfile) -> list:
+    def read():
+        try:
+            with open(pidfile) as f:
+                return json.load(f)
+        except OSError:
+            return None
+    tree = _until(read, what=f"{pidfile}")
+    return [tree["worker"]] + tree["children"]
+
+
+# ------------------------------------------------------------------ boss dies
+def test_boss_killed_during_wait_raises_boss_died_with_entries_and_workers_die():
+    boss = run_as_server(None, dict(crash=["ok", "hang", "hang"], name=["quick", "h1", "h2"]),
+                         scheduler=LaxistScheduler())
+    workers = []
+    try:
+        _until(lambda: boss.get_report()["counts"]["done"] == 1, what="the quick worker")
+        workers = [p.pid for p in _until(lambda: len(_children(boss.pid)) == 2 and _children(boss.pid))]
+        killed = []
+        timer = threading.Timer(0.3, lambda: (os.kill(boss.pid, signal.SIGKILL), killed.append(time.monotonic())))
+        timer.start()
+        with pytest.raises(taylor.BossDiedError) as info:
+            boss.wait_till_finished()
+        timer.join()
+        assert time.monotonic() - killed[0] < 2.0
+        error = info.value
+        assert error.exitcode == -signal.SIGKILL and str(boss.pid) in str(error) and "SIGKILL" in str(error)
+        assert [w["name"] for w in error.report.workers] == ["quick"]
+        assert error.report.workers[0]["report"] == "fine" and error.report["status"] == "failed"
+        assert not _gone(workers, 2.0), "workers outlived their boss"
+        with pytest.raises(taylor.BossDiedError):  # and it keeps saying so instead of hanging
+            boss.get_report()
+    finally:
+        boss.close()
+        _kill(_alive(workers))
+
+
+@pytest.mark.parametrize("call", ["get_report", "set_instructions", "make_them_work"])
+def test_boss_killed_between_calls_makes_the_next_call_raise(call):
+    boss = Boss(scheduler=LaxistScheduler())
+    try:
+        boss.set_instructions(dict(noop=True), dict(value=[1]))
+        os.kill(boss.pid, signal.SIGKILL)
+        _until(lambda: psutil.Process(boss.pid).status() == psutil.STATUS_ZOMBIE, what="the boss to die")
+        start = time.monotonic()
+        with pytest.raises(taylor.BossDiedError, match="died"):
+            if call == "get_report":
+                boss.get_report()
+            elif call == "set_instructions":
+                boss.set_instructions(dict(noop=True), dict(value=[2]))
+            else:
+                boss.make_them_work()
+        assert time.monotonic() - start < 2.0
+    finally:
+        boss.close()
+
+
+# ---------------------------------------------------------- caller scripts
+def _script(body: str) -> str:
+    return textwrap.dedent(f"""\
+        import json, os, sys
+        sys.path[:0] = [{TESTS!r}, {ROOT!r}]
+        import faultworkers
+        from taylor import batch_main, run_as_server
+        from taylor.schedulers import LaxistScheduler
+        """) + textwrap.dedent(body)
+
+
+def _start(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "end-of-stream"])
+def test_caller_killed_makes_the_boss_stop_its_workers(tmp_path, pidfd):
+    pidfile = str(tmp_path / "tree.json")
+    caller = _start(_script(f"""
+        if not {pidfd}:
+            del os.pidfd_open  # an old kernel: the boss learns from the end of its control channel
+        boss = run_as_server(None, dict(crash=["children", "hang", "stubborn"], pidfile=[{pidfile!r}, None, None]),
+                             scheduler=LaxistScheduler(), stop_grace=0.5)
+        boss.wait_till_finished()
+        """))
+    run = []
+    try:
+        boss = _until(lambda: _children(caller.pid), what="the boss")[0].pid
+        tree = _pidfile_tree(pidfile)
+        workers = [p.pid for p in _until(lambda: len(_children(boss)) == 3 and _children(boss), what="workers")]
+        run = list(dict.fromkeys([boss] + workers + tree))
+        assert len(run) == 8 and _alive(run) == run  # boss, 3 workers, 4 programs of one of them
+        caller.kill()
+        caller.wait(5)
+        left = _gone(run, 5.0)
+        assert not left, f"survived their caller: {[psutil.Process(p).cmdline() for p in left]}"
+    finally:
+        _kill(_alive(run) + _alive([caller.pid]))
+        caller.communicate()
+
+
+SIGNALLED = """
+    try:
+        batch_main(None, dict(crash=["ok", "ok", "children", "stubborn"], name=["a", "b", "c", "d"],
+                              pidfile=[None, None, {pidfile!r}, None]),
+                   scheduler=LaxistScheduler(), stop_grace=0.5, print_report=False)
+    except BaseException as exc:
+        report = exc.report
+        print(json.dumps(dict(error=type(exc).__name__, status=report["status"],
+                              entries={{w["name"]: w["status"] for w in report.workers}})), flush=True)
+        raise
+    """
+
+
+@pytest.mark.parametrize("signum, target", [
+    (signal.SIGINT, "caller"), (signal.SIGTERM, "caller"), (signal.SIGINT, "group"), (signal.SIGTERM, "group"),
+])
+def test_signal_to_caller_stops_workers_keeps_finished_reports_and_exits_nonzero(tmp_path, signum, target):
+    pidfile = str(tmp_path / "tree.json")
+    caller = _start(_script(SIGNALLED.format(pidfile=pidfile)))
+    run = []
+    try:
+        boss = _until(lambda: _children(caller.pid), what="the boss")[0].pid
+        tree = _pidfile_tree(pidfile)
+        # Both quick workers have been reaped (their entries sent) once only two remain.
+        workers = [p.pid for p in _until(lambda: len(_children(boss)) == 2 and _children(boss), what="workers")]
+        run = list(dict.fromkeys([boss] + workers + tree))
+        if target == "caller":
+            os.kill(caller.pid, signum)
+        else:  # what a terminal's Ctrl-C or a batch system's SIGTERM to the job does
+            os.killpg(caller.pid, signum)
+        out, err = caller.communicate(timeout=10)
+        assert caller.returncode != 0
+        expected = "KeyboardInterrupt" if signum == signal.SIGINT else "Interrupted"
+        assert expected in err
+        result = json.loads(out)
+        assert result["error"] == expected
+        assert result["entries"] == dict(a="done", b="done", c="stopped", d="stopped")
+        assert result["status"] == "stopped"
+        assert not _gone(run, 3.0), "processes of the run survived the interruption"
+    finally:
+        _kill(_alive(run) + _alive([caller.pid]))
+        if caller.returncode is None:
+            caller.communicate()
+
+
+# ------------------------------------------------------- no deadlock, no leak
+def test_boss_ending_while_caller_sends_a_large_batch_does_not_deadlock():
+    """The boss writes a large final report while the caller writes a large batch: both must finish."""
+    payloads = [f"{i:04}" + "p" * 1000 for i in range(3000)]  # distinct: pickle would share equal objects
+    boss = Boss(scheduler=MaxThreadsScheduler(max_threads=1))
+    try:
+        boss.set_instructions(None, dict(crash=["exit"]))
+        boss.set_instructions(dict(noop=True), dict(payload=payloads))
+        boss.make_them_work()
+        # The boss aborts on the first worker and sends its ~3 MB final report (every pending
+        # instruction, more than the socket holds); meanwhile this caller sends its own ~3 MB.
+        _until(lambda: psutil.Process(boss.pid).children() == [], what="the abort")
+        time.sleep(0.3)
+        boss.set_instructions(dict(noop=True), dict(payload=payloads[::-1]))
+        with pytest.raises(taylor.WorkerDiedError) as info:
+            boss.wait_till_finished()
+        assert len(info.value.report["pending"]) == 3000
+    finally:
+        boss.close()
+
+
+def _measure(pid: int) -> dict:
+    proc = psutil.Process(pid)
+    return dict(fds=proc.num_fds(), children=len(proc.children()), rss=proc.memory_info().rss)
+
+
+def test_no_resource_grows_with_the_number_of_tasks():
+    batch, batches = 500, 4
+    boss = Boss(scheduler=MaxThreadsScheduler(max_threads=2))
+    try:
+        boss.make_them_work()
+        seen = []
+        for i in range(batches):
+            boss.set_instructions(dict(noop=True), dict(value=list(range(batch))))
+            _until(lambda i=i: boss.get_report()["counts"]["done"] == (i + 1) * batch, within=60,
+                   what="the batch")
+            seen.append(_measure(boss.pid))
+        first, last = seen[1], seen[-1]  # after 1,000 tasks (the boss keeps the last 1,000 entries) and 2,000
+        assert last["fds"] == first["fds"] == seen[0]["fds"]
+        assert last["children"] == 0, "zombie or stray children in the boss"
+        assert last["rss"] - first["rss"] < 2 << 20, f"boss RSS grew: {seen}"
+        report = boss.wait_till_finished()
+        assert report.ok and len(report.workers) == batch * batches
+    finally:
+        boss.close()
