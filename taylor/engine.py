@@ -172,6 +172,7 @@ class Engine:
             os.setpgid(0, 0)
         except OSError:
             pass
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a vanished caller is an EPIPE to handle, not our death
         self.poller.register(self.control, self._on_control)
         self.poller.register(self.wakeup_r, self._on_wakeup)
         if hasattr(os, "pidfd_open"):

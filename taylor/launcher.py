@@ -62,6 +62,7 @@ class LocalProcesses:
         self._private_fds = private_fds
         self._max_report_bytes = max_report_bytes
         self._boss_pid = os.getpid()
+        self._sigpipe = signal.getsignal(signal.SIGPIPE)  # the caller's; the boss ignores SIGPIPE
 
     def start(self, cls: type, attributes: Mapping[str, Any]) -> Tuple[int, int]:
         """Fork a worker running ``cls(attributes)._task()``; return (pid, report fd)."""
@@ -99,6 +100,8 @@ class LocalProcesses:
             os._exit(72)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if self._sigpipe not in (None, signal.SIG_IGN):  # the caller's own, which the boss ignores
+            signal.signal(signal.SIGPIPE, self._sigpipe)
 
     @staticmethod
     def descendants(pid: int) -> List[psutil.Process]:
