@@ -39,6 +39,7 @@ from .schedulers import default_scheduler
 __all__ = ["Boss", "run_as_server", "batch_main"]
 
 _CHUNK_ROWS = 5000
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)  # a dead boss is an EPIPE, even if SIGPIPE kills by default
 _live_bosses: weakref.WeakSet[Boss] = weakref.WeakSet()
 
 
@@ -159,7 +160,7 @@ class Boss:
             raise BossClosedError(f"the channel to the boss{self._label()} was closed by an interruption")
         data = data if data is not None else wire.encode((kind, payload))
         try:
-            self._sock.sendall(data)
+            self._sock.sendall(data, _NOSIGNAL)
         except OSError:
             self._pump(lambda: False)  # the boss is gone: say how (raises)
         except BaseException:
