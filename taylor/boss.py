@@ -338,11 +338,17 @@ class Boss:
     def stop_them_working(self) -> None:
         """Terminate running workers now (SIGTERM, then SIGKILL after ``stop_grace``) and end the run.
 
-        Harmless when the run has already ended.
+        Also ends workers left running after STOP_LISTENING.  Harmless when
+        the run has already ended.
         """
-        if self._final is None and not self._reaped:
+        if self._reaped:
+            return
+        if self._final is None:
             with contextlib.suppress(TaylorError):
                 self._send("signal", "STOP_RIGHTNOW")
+        elif self._final.get("running"):  # the boss stopped listening but still runs workers
+            with contextlib.suppress(OSError):  # gone already: nothing left to stop
+                self._sock.sendall(wire.encode(("signal", "STOP_RIGHTNOW")), _NOSIGNAL)
 
     def send_signal(self, name: str) -> None:
         """Send one of :attr:`control_signals` by name (``'HALT'``, ``'STOP'``...)."""
@@ -413,6 +419,8 @@ class Boss:
             return
         if self._final is None:
             self._abort()
+        else:
+            self.stop_them_working()  # workers the boss still runs after STOP_LISTENING
         self._reap()
 
     def __enter__(self) -> Boss:
