@@ -139,15 +139,23 @@ def _script(body: str) -> str:
     return textwrap.dedent(f"""\
         import json, os, sys
         sys.path[:0] = [{TESTS!r}, {ROOT!r}]
-        import faultworkers
+        import faultworkers, workers
         from taylor import batch_main, run_as_server
         from taylor.schedulers import LaxistScheduler
+        print("imported", flush=True)
         """) + textwrap.dedent(body)
 
 
 def _start(code: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, cwd=ROOT)
+    """Start a caller script; return once its imports are done (they may run short-lived
+    programs, such as ctypes' ldconfig, that must not be taken for the boss)."""
+    caller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True, cwd=ROOT)
+    line = caller.stdout.readline()
+    if line != "imported\n":
+        caller.kill()
+        raise AssertionError(f"the caller script failed: {line}{caller.communicate()[1]}")
+    return caller
 
 
 @pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "end-of-stream"])
@@ -266,3 +274,88 @@ def test_no_resource_grows_with_the_number_of_tasks():
         assert report.ok and len(report.workers) == batch * batches
     finally:
         boss.close()
+
+
+def test_caller_with_default_sigpipe_killed_while_the_boss_writes_still_gets_a_clean_stop(tmp_path):
+    """A caller that restored SIGPIPE's default (as many command-line tools do) dies while the boss
+    has reports queued for it: the boss must not die of SIGPIPE, which would skip stopping the
+    workers' own programs."""
+    pidfile = str(tmp_path / "tree.json")
+    caller = _start(_script(f"""
+        import signal, time
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        boss = run_as_server(None, dict(crash=["children"] + ["huge"] * 6, size=[0] + [200000] * 6,
+                                        pidfile=[{pidfile!r}] + [None] * 6),
+                             scheduler=LaxistScheduler(), stop_grace=0.5, on_error="continue")
+        print("started", flush=True)
+        time.sleep(60)  # never reads: the boss's reports pile up in the socket
+        """))
+    run = []
+    try:
+        boss = _until(lambda: _children(caller.pid), what="the boss")[0].pid
+        tree = _pidfile_tree(pidfile)
+        _until(lambda: len(_children(boss)) == 1, what="the large reports")  # only the 'children' worker left
+        time.sleep(0.2)
+        run = list(dict.fromkeys([boss] + tree))
+        caller.kill()
+        caller.wait(5)
+        assert not _gone(run, 5.0), "processes of the run survived their caller"
+    finally:
+        _kill(_alive(run) + _alive([caller.pid]))
+        caller.communicate()
+
+
+def test_stop_and_close_still_end_workers_after_stop_listening():
+    boss = run_as_server(None, dict(crash=["hang", "hang"]), scheduler=LaxistScheduler(), stop_grace=0.5)
+    workers = []
+    try:
+        workers = [p.pid for p in _until(lambda: len(_children(boss.pid)) == 2 and _children(boss.pid))]
+        boss.send_signal("STOP_LISTENING")  # the caller will not hear of these workers again...
+        assert boss.get_report()["status"] == "pending"
+        start = time.monotonic()
+        boss.close()  # ...but closing the boss must still end them, not wait 30 s for them
+        assert time.monotonic() - start < 5
+        assert not _gone(workers, 1.0)
+    finally:
+        boss.close()
+        _kill(_alive(workers))
+
+
+def test_sigterm_while_waiting_after_stop_listening_stops_the_workers(tmp_path):
+    caller = _start(_script("""
+        boss = run_as_server(None, dict(crash=["hang", "hang"]), scheduler=LaxistScheduler(), stop_grace=0.5)
+        while len(boss.get_report()["running"]) < 2:
+            pass
+        boss.send_signal("STOP_LISTENING")
+        boss.wait_till_finished()  # waits for the boss process, which waits for its workers
+        """))
+    run = []
+    try:
+        boss = _until(lambda: _children(caller.pid), what="the boss")[0].pid
+        run = [boss] + [p.pid for p in _until(lambda: len(_children(boss)) == 2 and _children(boss))]
+        time.sleep(0.3)
+        caller.terminate()
+        out, err = caller.communicate(timeout=10)
+        assert caller.returncode != 0 and "Interrupted" in err
+        assert not _gone(run, 2.0)
+    finally:
+        _kill(_alive(run) + _alive([caller.pid]))
+        if caller.returncode is None:
+            caller.communicate()
+
+
+def test_caller_with_default_sigpipe_gets_boss_died_not_killed_when_writing_to_a_dead_boss():
+    caller = _start(_script("""
+        import signal, taylor
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        boss = taylor.Boss()
+        os.kill(boss.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, boss.pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+        try:
+            boss.set_instructions(dict(noop=True), dict(value=[1]))
+        except taylor.BossDiedError as exc:
+            print(type(exc).__name__, exc.exitcode, flush=True)
+        """))
+    out, err = caller.communicate(timeout=20)
+    assert caller.returncode == 0, err
+    assert out == f"BossDiedError {-signal.SIGKILL}\n"
