@@ -17,6 +17,7 @@ import time
 import psutil
 
 from taylor import Worker
+from taylor.launcher import set_parent_death_signal
 
 
 class Unloadable:
@@ -24,6 +25,10 @@ class Unloadable:
 
     def __reduce__(self):
         return (_refuse_to_load, ("made to fail in the boss",))
+
+
+def _die_with_parent():
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def _refuse_to_load(why):
@@ -47,6 +52,7 @@ class Crasher(Worker):
         size=dict(type=int, optional=True, default=4 << 20),
         pidfile=dict(optional=True, default=None),
         ignore_term=dict(type=bool, optional=True, default=False),
+        pdeath=dict(type=bool, optional=True, default=False),
     ))
 
     def _task(self):
@@ -87,10 +93,19 @@ class Crasher(Worker):
 
     def _start_children(self):
         """A program in the worker's group, one in a new session, and one there that ignores SIGTERM."""
-        plain = subprocess.Popen(["sleep", "60"])
-        session = subprocess.Popen(["sleep", "61"], start_new_session=True)
-        stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 62 & wait"], start_new_session=True)
-        pids = [plain.pid, session.pid, stubborn.pid]
+        if self.pdeath:  # what the documentation advises for programs that must not outlive a killed boss
+            plain = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
+            pids = [plain.pid]
+        else:
+            plain = subprocess.Popen(["sleep", "60"])
+            session = subprocess.Popen(["sleep", "61"], start_new_session=True)
+            stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 62 & wait"], start_new_session=True)
+            pids = [plain.pid, session.pid, stubborn.pid]
+            self._wait_for_grandchild(stubborn, pids)
+        self._write_pids(pids)
+
+    @staticmethod
+    def _wait_for_grandchild(stubborn, pids):
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # wait for sh's own child so that it is recorded too
             grandchildren = [p.pid for p in psutil.Process(stubborn.pid).children()]
@@ -98,6 +113,8 @@ class Crasher(Worker):
                 pids += grandchildren
                 break
             time.sleep(0.01)
+
+    def _write_pids(self, pids):
         if self.pidfile:
             tmp = self.pidfile + ".tmp"
             with open(tmp, "w") as f:

@@ -330,9 +330,14 @@ def test_a_scheduler_that_never_starts_anything_fails_the_run_instead_of_hanging
 
 def test_a_scheduler_that_stalls_after_some_work_fails_the_run():
     class _OneOnly(_NeverStarts):
+        """Starts the first instruction, then nothing ever again (its state lives in the boss)."""
+
+        started = False
+
         def launchable(self, pending, workers, report):
-            if report:
+            if self.started:
                 return [], pending
+            self.started = True
             return [pending.pop(0)], pending
 
     with pytest.raises(taylor.CapacityError, match="starts none of the 2 pending") as info:

@@ -114,6 +114,23 @@ def test_boss_killed_during_wait_raises_boss_died_with_entries_and_workers_die()
         _kill(_alive(workers))
 
 
+def test_programs_started_with_a_parent_death_signal_end_with_a_killed_boss(tmp_path):
+    """The documented protection for programs a worker starts, when the boss is killed outright."""
+    pidfile = str(tmp_path / "tree.json")
+    boss = run_as_server(None, dict(crash=["children"], pdeath=[True], pidfile=[pidfile]))
+    run = []
+    try:
+        run = _pidfile_tree(pidfile)
+        assert len(run) == 2 and _alive(run) == run
+        os.kill(boss.pid, signal.SIGKILL)
+        with pytest.raises(taylor.BossDiedError):
+            boss.wait_till_finished()
+        assert not _gone(run, 2.0)
+    finally:
+        boss.close()
+        _kill(_alive(run))
+
+
 @pytest.mark.parametrize("call", ["get_report", "set_instructions", "make_them_work"])
 def test_boss_killed_between_calls_makes_the_next_call_raise(call):
     boss = Boss(scheduler=LaxistScheduler())
