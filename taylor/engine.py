@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 from . import wire
 from .errors import (
     CapacityError,
+    InstructionsError,
     Interrupted,
     ReportError,
     TaylorError,
@@ -242,7 +243,11 @@ class Engine:
 
     def _handle(self, message: Any) -> None:
         if isinstance(message, wire.Undecodable):
-            log.error("unreadable message from the caller: %s", message.error)
+            # Instructions dropped here would silently never run: fail the run instead.
+            self._fail_run(InstructionsError(
+                "instructions sent to the boss could not be unpickled there "
+                f"({type(message.error).__name__}: {message.error}); their values must be of classes "
+                "importable in the boss: define them (and import their modules) before creating the Boss"))
             return
         kind, payload = message
         if kind == "instructions":
