@@ -343,3 +343,23 @@ def test_a_scheduler_that_stalls_after_some_work_fails_the_run():
     with pytest.raises(taylor.CapacityError, match="starts none of the 2 pending") as info:
         batch_main(dict(noop=True), dict(value=[1, 2, 3]), scheduler=_OneOnly(never=True), print_report=False)
     assert [w["report"] for w in info.value.report.workers] == [1]
+
+
+def test_instructions_the_boss_cannot_unpickle_fail_the_run_instead_of_vanishing():
+    import sys
+    import types
+
+    boss = Boss()
+    late = types.ModuleType("taylor_test_late_module")  # exists in the caller only: created after the fork
+    exec("class Late:\n    pass\n", late.__dict__)
+    late.Late.__module__ = late.__name__
+    sys.modules[late.__name__] = late
+    try:
+        boss.set_instructions(dict(noop=True), dict(value=[1], payload=[late.Late()]))
+        boss.make_them_work()
+        with pytest.raises(taylor.InstructionsError, match="could not be unpickled.*taylor_test_late_module") as info:
+            boss.wait_till_finished()
+        assert info.value.report["status"] == "failed"
+    finally:
+        del sys.modules[late.__name__]
+        boss.close()
