@@ -250,13 +250,17 @@ def test_signal_to_caller_stops_workers_keeps_finished_reports_and_exits_nonzero
 def test_boss_ending_while_caller_sends_a_large_batch_does_not_deadlock():
     """The boss writes a large final report while the caller writes a large batch: both must finish."""
     payloads = [f"{i:04}" + "p" * 1000 for i in range(3000)]  # distinct: pickle would share equal objects
+    names = [f"{i:04}-" + "n" * 300 for i in range(3000)]  # the final report lists the pending names
     boss = Boss(scheduler=MaxThreadsScheduler(max_threads=1))
+    # Should the two deadlock, killing the boss after a while turns the hang into a failure.
+    watchdog = threading.Timer(10, os.kill, (boss.pid, signal.SIGKILL))
+    watchdog.start()
     try:
         boss.set_instructions(None, dict(crash=["exit"]))
-        boss.set_instructions(dict(noop=True), dict(payload=payloads))
+        boss.set_instructions(dict(noop=True), dict(payload=payloads, name=names))
         boss.make_them_work()
-        # The boss aborts on the first worker and sends its ~3 MB final report (every pending
-        # instruction, more than the socket holds); meanwhile this caller sends its own ~3 MB.
+        # The boss aborts on the first worker and sends its final report (~1 MB: every pending
+        # name, more than the socket holds); meanwhile this caller sends ~3 MB of instructions.
         _until(lambda: psutil.Process(boss.pid).children() == [], what="the abort")
         time.sleep(0.3)
         boss.set_instructions(dict(noop=True), dict(payload=payloads[::-1]))
@@ -264,6 +268,7 @@ def test_boss_ending_while_caller_sends_a_large_batch_does_not_deadlock():
             boss.wait_till_finished()
         assert len(info.value.report["pending"]) == 3000
     finally:
+        watchdog.cancel()
         boss.close()
 
 
