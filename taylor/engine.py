@@ -147,6 +147,7 @@ class Engine:
         self.poller = Poller()
         self.wakeup_r, self.wakeup_w = os.pipe()
         self.caller_fd: Optional[int] = None
+        self.caller_lost = False
         self.launcher = LocalProcesses(self._private_fds, options.max_report_bytes)
 
     # ------------------------------------------------------------------ set-up
@@ -203,6 +204,8 @@ class Engine:
             self._stop_workers("error")
             self._drain_workers()
         self._send_final()
+        if self.silent and self.outbox and not self.caller_lost:
+            self._deliver()  # what STOP_LISTENING queued and the caller has not read yet
         return 0
 
     def _over(self) -> bool:
@@ -275,7 +278,7 @@ class Engine:
             self.stopping = self.stopping or "stop"
         elif name == "STOP_LISTENING":
             self.stopping = self.stopping or "listening"
-            self._send_final()
+            self._send_final(deliver=False)  # the loop writes it out as the caller reads
             self.silent = True
         elif name == "STOP_RIGHTNOW":
             self.stopping = "rightnow"
@@ -286,6 +289,7 @@ class Engine:
 
     def _caller_gone(self) -> None:
         """The caller died or closed its end: stop everything, nobody is listening."""
+        self.caller_lost = True
         if self.caller_fd is not None:
             self.poller.unregister(self.caller_fd)
             os.close(self.caller_fd)
@@ -326,8 +330,12 @@ class Engine:
         counts["pending"] = len(self.pending)
         return counts
 
-    def _send_final(self) -> None:
-        """Send the end-of-run message, waiting until the caller has it (or is gone)."""
+    def _send_final(self, deliver: bool = True) -> None:
+        """Send the end-of-run message, waiting until the caller has it (or is gone).
+
+        With ``deliver=False`` it is only queued: the loop goes on serving the
+        workers and writes it as the caller reads.
+        """
         if self.silent:
             return
         if self.error is not None:
@@ -352,7 +360,10 @@ class Engine:
             final = {"status": status, "counts": self._counts(),
                      "error": TaylorError(f"the final report could not be sent: {exc}"), "failure": None}
             self.outbox.push(wire.encode(("final", final)))
-        self._deliver()
+        if deliver:
+            self._deliver()
+        else:
+            self.flush_at = 0.0
 
     def _deliver(self) -> None:
         """Write out everything queued for the caller, whatever it does meanwhile.
@@ -364,8 +375,17 @@ class Engine:
         """
         waiter = select.poll()
         waiter.register(self.control, select.POLLIN | select.POLLOUT)
+        waiter.register(self.wakeup_r, select.POLLIN)
+        if self.caller_fd is not None:  # the caller's socket may outlive it in a child of its own
+            waiter.register(self.caller_fd, select.POLLIN)
         while self.outbox:
-            for _, events in waiter.poll():
+            for fd, events in waiter.poll():
+                if fd == self.caller_fd:
+                    return
+                if fd == self.wakeup_r:
+                    if signal.SIGTERM in (wire.read_chunk(fd) or b""):
+                        return
+                    continue
                 if events & select.POLLOUT:
                     try:
                         self.outbox.flush()
