@@ -381,3 +381,55 @@ def test_caller_with_default_sigpipe_gets_boss_died_not_killed_when_writing_to_a
     out, err = caller.communicate(timeout=20)
     assert caller.returncode == 0, err
     assert out == f"BossDiedError {-signal.SIGKILL}\n"
+
+
+def test_boss_keeps_enforcing_timeouts_after_stop_listening_while_the_caller_does_not_read():
+    """STOP_LISTENING hands the caller a final report larger than the socket holds; a caller
+    that does not read it yet must not freeze the boss (its workers' timeouts, its reaping)."""
+    names = [f"{i:05}-" + "n" * 300 for i in range(5000)]
+    boss = Boss(scheduler=MaxThreadsScheduler(max_threads=1), stop_grace=0.3)
+    workers = []
+    try:
+        boss.set_instructions(None, dict(crash=["hang"], timeout=[0.5], name=["slow"]))
+        boss.set_instructions(dict(noop=True), dict(name=names))
+        boss.make_them_work()
+        workers = [p.pid for p in _until(lambda: _children(boss.pid))]
+        boss.send_signal("STOP_LISTENING")
+        assert not _gone(workers, 5.0), "the boss froze: the worker outlived its timeout"
+        report = boss.get_report()
+        assert report["status"] == "pending" and len(report["pending"]) == 5000
+    finally:
+        boss.close()
+        _kill(_alive(workers))
+
+
+def test_boss_delivering_its_final_report_notices_its_callers_death():
+    """The caller dies while the boss waits for it to read a large final report, and a process the
+    caller forked still holds the caller's end of the channel: the boss must end anyway."""
+    caller = _start(_script("""
+        import time
+        from taylor import Boss
+        boss = Boss()
+        boss.set_instructions(None, dict(crash=["exit"]))
+        boss.set_instructions(dict(noop=True), dict(name=[f"{i:05}-" + "n" * 300 for i in range(5000)]))
+        child = os.fork()
+        if child == 0:  # a child of the caller, holding its socket to the boss
+            time.sleep(60)
+            os._exit(0)
+        boss.make_them_work()  # the run aborts at once; its final report outgrows the socket
+        print(boss.pid, child, flush=True)
+        time.sleep(60)
+        """))
+    run = []
+    try:
+        boss, child = map(int, caller.stdout.readline().split())
+        run = [boss, child]
+        _until(lambda: not _children(boss), what="the abort")
+        time.sleep(0.5)
+        assert _alive([boss]) == [boss]
+        caller.kill()
+        caller.wait(5)
+        assert not _gone([boss], 3.0), "the boss outlived its caller"
+    finally:
+        _kill(_alive(run) + _alive([caller.pid]))
+        caller.communicate()
