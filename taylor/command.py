@@ -1,0 +1,168 @@
+"""The command worker: run one shell command per instruction set.
+
+``taylor run --command TEMPLATE`` uses it, and so can library users::
+
+    from taylor import batch_main
+    from taylor.command import CommandWorker  # noqa: F401 - registers the worker
+
+    batch_main(dict(command='gzip -k {file}'), dict(file=['a.txt', 'b.txt']))
+
+``{key}`` placeholders take the worker's instruction values, always
+shell-quoted, so that no value can inject shell code.  The report holds the
+exit code, the duration and the last lines of stdout and stderr; a non-zero
+exit (or death by a signal) is a task failure, a :class:`CommandFailed`
+carrying the same figures.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import string
+import subprocess
+import tempfile
+import time
+from typing import Any, Dict, Iterable, List, Mapping
+
+from .errors import InstructionsError, WorkerError, describe_exit
+from .worker import Worker
+
+__all__ = ["CommandWorker", "CommandFailed", "template_keys", "render", "check_template"]
+
+#: Bytes read from the end of each output stream for the report's tails.
+TAIL_BYTES = 4096
+
+
+def template_keys(template: str) -> List[str]:
+    """The instruction keys a template's ``{key}`` placeholders name, in order (``{{`` is a brace)."""
+    keys = []
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InstructionsError(f"the command template {template!r} is malformed: {exc} "
+                                "(write {{ and }} for literal braces)") from None
+    for _, field, _, _ in fields:
+        if field is None:
+            continue
+        if not field.isidentifier():
+            raise InstructionsError(f"placeholder {{{field}}} in the command template {template!r} must be a "
+                                    "plain instruction key such as {file} (write {{ and }} for literal braces)")
+        if field not in keys:
+            keys.append(field)
+    return keys
+
+
+def check_template(template: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Raise :class:`InstructionsError` if a placeholder names a key some instruction set lacks."""
+    keys = template_keys(template)
+    for index, row in enumerate(rows):
+        missing = [k for k in keys if k not in row and k != "name"]
+        if missing:
+            have = ", ".join(sorted(k for k in row if k != "command")) or "none"
+            raise InstructionsError(f"unknown key {{{missing[0]}}} in the command template: instruction set "
+                                    f"#{index + 1} has keys {have}")
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    """The shell command for ``values``: each ``{key}`` becomes the shell-quoted value.
+
+    A format spec applies before quoting (``{n:03d}``); lists and tuples become
+    several quoted words.
+    """
+    out = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        out.append(literal)
+        if field is None:
+            continue
+        if field not in values:
+            raise InstructionsError(f"unknown key {{{field}}} in the command template {template!r}; "
+                                    f"the instructions have keys {', '.join(sorted(values))}")
+        value = values[field]
+        if conversion == "r":
+            value = repr(value)
+        elif conversion == "s":
+            value = str(value)
+        if isinstance(value, (list, tuple)):
+            out.append(" ".join(shlex.quote(format(v, spec or "")) for v in value))
+        else:
+            out.append(shlex.quote(format(value, spec or "")))
+    return "".join(out)
+
+
+def _tail(stream: Any, lines: int) -> str:
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - TAIL_BYTES))
+    text = stream.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+
+
+class CommandFailed(WorkerError):
+    """The command exited non-zero or was killed.
+
+    Carries ``command``, ``exit_code`` (negative: killed by that signal),
+    ``duration``, ``stdout_tail``, ``stderr_tail`` and the log paths, if any.
+    """
+
+
+class CommandWorker(Worker):
+    """Runs ``command`` (a template) through ``/bin/sh``, once per instruction set."""
+
+    _footprint = dict(
+        info="Run a shell command",
+        attr=dict(
+            command=dict(
+                info="Shell command template; {key} takes the value of instruction key, shell-quoted.",
+                type=str,
+            ),
+            logdir=dict(
+                info="Directory for each task's full stdout and stderr (<name>.out, <name>.err).",
+                optional=True,
+                default=None,
+            ),
+            tail=dict(
+                info="How many last lines of stdout and stderr the report keeps.",
+                type=int,
+                optional=True,
+                default=10,
+            ),
+        ),
+    )
+
+    def _values(self) -> Dict[str, Any]:
+        # footprints keeps every instruction it was given, declared or not, in
+        # _attributes: the keys a template names are mostly undeclared ones.
+        values = dict(getattr(self, "_attributes", {}))
+        values["name"] = self.name
+        return values
+
+    def _open_logs(self) -> tuple:
+        if not self.logdir:
+            return tempfile.TemporaryFile(), tempfile.TemporaryFile(), None, None
+        os.makedirs(self.logdir, exist_ok=True)
+        safe = str(self.name).replace(os.sep, "_")
+        paths = os.path.join(self.logdir, safe + ".out"), os.path.join(self.logdir, safe + ".err")
+        return open(paths[0], "w+b"), open(paths[1], "w+b"), paths[0], paths[1]
+
+    def _task(self) -> Dict[str, Any]:
+        command = render(self.command, self._values())
+        env = dict(os.environ, TAYLOR_WORKER_NAME=str(self.name))
+        if self.scheduler_ticket is not None:
+            env["TAYLOR_TICKET"] = str(self.scheduler_ticket)
+        out, err, out_path, err_path = self._open_logs()
+        with out, err:
+            start = time.monotonic()
+            code = subprocess.call(command, shell=True, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                   env=env)
+            duration = time.monotonic() - start
+            result = dict(command=command, exit_code=code, duration=duration,
+                          stdout_tail=_tail(out, self.tail), stderr_tail=_tail(err, self.tail))
+        if out_path:
+            result.update(stdout_log=out_path, stderr_log=err_path)
+        if code != 0:
+            last = result["stderr_tail"].splitlines()[-1:] or result["stdout_tail"].splitlines()[-1:]
+            said = f"; it last said: {last[0][:200]}" if last else ""
+            raise CommandFailed(f"command {command!r} failed ({describe_exit(code)}) after {duration:.3g} s{said}",
+                                worker=self.name, **result)
+        return result
+
