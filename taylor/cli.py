@@ -366,6 +366,12 @@ def _check_class(cls: type, tasks: List[Dict[str, Any]]) -> None:
     except TaylorError as exc:
         _fail(str(exc))
     for instructions in resolved:
+        if instructions.worker_class is not cls and not cls.footprint_couldbe(dict(instructions))[0]:
+            attrs = cls.footprint_retrieve().attr
+            missing = sorted(a for a, d in attrs.items() if not d.get("optional") and a not in instructions)
+            why = (f"it lacks the required {', '.join(missing)}" if missing
+                   else "a value is not one it allows (see 'taylor workers')")
+            _fail(f"task {instructions.name!r} does not fit {cls.__qualname__}: {why}")
         if instructions.worker_class is not cls:
             _fail(f"task {instructions.name!r} fits {instructions.worker_class.__qualname__} better than "
                   f"{cls.__qualname__} (footprints chooses by instructions); give an instruction only "
@@ -400,8 +406,10 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     from .journal import Journal
     from .report import Report
 
+    logger = logging.getLogger("taylor")
+    level = logger.level
     if not verbose:  # the summary below says what failed; the boss's log would say it twice
-        logging.getLogger("taylor").setLevel(logging.CRITICAL)
+        logger.setLevel(logging.CRITICAL)
     journal = Journal(journal_path, append=append) if journal_path else None
     bar = Progress(len(tasks), progress)
     started = time.monotonic()
@@ -415,6 +423,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
             journal.write(entry, originals.get(str(entry["name"]), entry.get("instructions", {})))
         bar.count(entry["status"])
 
+    previous_int = signal.getsignal(signal.SIGINT)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         try:
@@ -460,6 +469,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         if boss is not None:
             boss.close()
         signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.SIG_DFL)
+        logger.setLevel(level)
 
     if report is None:
         report = Report(workers_report=[], status="failed")
@@ -578,7 +589,10 @@ _BASE_WORKER_ATTRS = frozenset({"name", "memory", "expected_time", "timeout", "s
 
 def _describe_class(cls: type, skip: frozenset = frozenset()) -> None:
     footprint = cls.footprint_retrieve()
-    click.echo(f"{cls.__module__}:{cls.__qualname__}  {footprint.info or ''}".rstrip())
+    info = footprint.info or ""
+    if info.startswith("Abstract") and not cls.footprint_abstract():  # inherited: the docstring says more
+        info = (cls.__doc__ or "").strip().split("\n")[0]
+    click.echo(f"{cls.__module__}:{cls.__qualname__}  {info}".rstrip())
     for attr, desc in sorted(footprint.attr.items()):
         if attr in skip:
             continue
