@@ -513,7 +513,16 @@ def _drain(boss: Any, record: Any, report: Any) -> Any:
 
 
 def _write_report(report: Any, path: str) -> None:
-    text = report.to_json(indent=1) + "\n"
+    import json
+
+    from .journal import error_details
+    from .report import to_jsonable
+
+    data = report.to_jsonable()
+    for raw, entry in zip(report.workers, data.get("workers_report", [])):
+        if isinstance(raw.get("report"), BaseException) and isinstance(entry.get("report"), dict):
+            entry["report"].update(to_jsonable(error_details(raw["report"])))
+    text = json.dumps(data, indent=1) + "\n"
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Set, TextIO, Tuple
 
 from .report import to_jsonable
 
-__all__ = ["row_key", "Journal", "read_done"]
+__all__ = ["row_key", "Journal", "read_done", "error_details"]
 
 
 def row_key(row: Mapping[str, Any]) -> str:
@@ -49,6 +49,12 @@ def read_done(path: str) -> Tuple[Set[str], int]:
     return done, bad
 
 
+def error_details(error: BaseException) -> Dict[str, Any]:
+    """What an exception carries besides its message (a failed command's exit code, output tails...)."""
+    skip = ("report", "instructions", "traceback", "worker", "pid")
+    return {k: v for k, v in getattr(error, "__dict__", {}).items() if k not in skip and not k.startswith("_")}
+
+
 class Journal:
     """Appends one line per finished entry to a file, flushed at once."""
 
@@ -78,7 +84,7 @@ class Journal:
         report = entry.get("report")
         if isinstance(report, BaseException):
             record["error"] = f"{type(report).__name__}: {report}"
-            extra = {k: v for k, v in vars(report).items() if k not in ("report", "instructions", "traceback")}
+            extra = error_details(report)
             if extra:
                 record["report"] = extra
         else:

@@ -277,3 +277,20 @@ def test_workers_and_schedulers_lists():
     from taylor.schedulers.host import describe
 
     assert f"cpus               {describe()['cpus'][0]}" in scheds.output
+
+
+def test_plain_commands_run_without_a_shell_and_behave_as_with_one(tmp_path):
+    from taylor.command import _plain_words
+
+    assert _plain_words("gzip -k 'a b.txt'") == ["gzip", "-k", "a b.txt"]
+    for shell_only in ("echo $HOME", "a > b", "cd /tmp", "x=1 prog", "ls *.txt", "true; false"):
+        assert _plain_words(shell_only) is None
+    (tmp_path / "noshebang").write_text("echo from a script without a shebang\n")
+    (tmp_path / "noshebang").chmod(0o755)
+    result = taylor("run", "--command", "{prog}", "-i", "prog=./noshebang,no_such_program_xyz", "--keep-going",
+                    "--report", "r.json", cwd=tmp_path)
+    assert result.returncode == 1
+    entries = {e["name"]: e for e in json.loads((tmp_path / "r.json").read_text())["workers_report"]}
+    assert entries["task-0001"]["report"]["stdout_tail"] == "from a script without a shebang"
+    missing = entries["task-0002"]["report"]
+    assert missing["type"] == "CommandFailed" and missing["exit_code"] == 127 and "not found" in missing["stderr_tail"]
