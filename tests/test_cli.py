@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -294,3 +295,44 @@ def test_plain_commands_run_without_a_shell_and_behave_as_with_one(tmp_path):
     assert entries["task-0001"]["report"]["stdout_tail"] == "from a script without a shebang"
     missing = entries["task-0002"]["report"]
     assert missing["type"] == "CommandFailed" and missing["exit_code"] == 127 and "not found" in missing["stderr_tail"]
+
+
+def test_slurm_example_script_runs_stops_on_sigterm_and_resumes(tmp_path):
+    """examples/slurm_job.sh outside Slurm: SIGTERM to the script stops the run (143), a rerun resumes."""
+    script = ROOT / "examples" / "slurm_job.sh"
+    (tmp_path / "a.txt").write_text("a" * 1000)
+    (tmp_path / "b.txt").write_text("b" * 1000)
+    (tmp_path / "blocked").write_text("c" * 1000)
+    (tmp_path / "files.csv").write_text("file\na.txt\nb.txt\nblocked\n")
+    # A gzip that hangs on "blocked" while a file named "hang" exists, and is the real gzip otherwise.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real_gzip = shutil.which("gzip")
+    (bin_dir / "gzip").write_text(f'#!/bin/sh\nfor a; do [ "$a" = blocked ] && [ -e hang ] && sleep 60; done\n'
+                                  f'exec {real_gzip} "$@"\n')
+    (bin_dir / "gzip").chmod(0o755)
+    (tmp_path / "hang").touch()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TAYLOR=f"{sys.executable} -m taylor",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen(["bash", str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: (tmp_path / "a.txt.gz").exists() and (tmp_path / "b.txt.gz").exists()
+                  and len(journal_lines_tolerant(tmp_path / "gzip.journal.jsonl")) >= 2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, out
+    assert "stopped by SIGTERM" in out
+    statuses = {line["instructions"]["file"]: line["status"]
+                for line in journal_lines(tmp_path / "gzip.journal.jsonl")}
+    assert statuses == {"a.txt": "done", "b.txt": "done", "blocked": "stopped"}
+    (tmp_path / "hang").unlink()
+    again = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=30)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 of 3 tasks already done, 1 to run" in again.stderr
+    assert (tmp_path / "blocked.gz").exists()
