@@ -419,9 +419,14 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     boss: Optional[Boss] = None
 
     def record(entry: Dict[str, Any]) -> None:
-        if journal is not None:
-            journal.write(entry, originals.get(str(entry["name"]), entry.get("instructions", {})))
-        bar.count(entry["status"])
+        # A signal now would cut the journal line short: hold it until the line is written.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            if journal is not None:
+                journal.write(entry, originals.get(str(entry["name"]), entry.get("instructions", {})))
+            bar.count(entry["status"])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     previous_int = signal.getsignal(signal.SIGINT)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupted)
