@@ -2,7 +2,7 @@
 
 The loop sleeps in a single ``select`` over the control channel (instructions
 and signals from the caller), every running worker's report channel, a
-self-pipe woken by SIGCHLD/SIGTERM, and (where the kernel offers it) a pidfd
+self-pipe woken by SIGCHLD and SIGTERM, and (where the kernel offers it) a pidfd
 of the caller.  Its only timeout is the nearest deadline (a worker's timeout,
 or the grace before a SIGKILL): an idle boss uses no CPU.
 
@@ -19,7 +19,6 @@ import heapq
 import itertools
 import logging
 import os
-import selectors
 import signal
 import time
 import traceback
@@ -39,6 +38,7 @@ from .errors import (
 )
 from .instructions import Instructions, resolve
 from .launcher import LocalProcesses
+from .poller import READ, WRITE, Poller
 from .report import DONE, FAILED, STOPPED
 from .worker import OK, RAISED, UNSENDABLE
 
@@ -133,15 +133,18 @@ class Engine:
         self.deadlines: list = []
         self._seq = itertools.count()
         self.outbox = wire.Outbox(control)
+        self._outbox_was_empty = True
         self.control_decoder = wire.Decoder()
-        self.selector = selectors.DefaultSelector()
+        self.poller = Poller()
         self.wakeup_r, self.wakeup_w = os.pipe()
         self.caller_fd: Optional[int] = None
         self.launcher = LocalProcesses(self._private_fds, options.max_report_bytes)
 
     # ------------------------------------------------------------------ set-up
     def _private_fds(self) -> List[int]:
-        fds = [self.control, self.wakeup_r, self.wakeup_w, self.selector.fileno()]
+        fds = [self.control, self.wakeup_r, self.wakeup_w]
+        if self.poller.fileno() is not None:
+            fds.append(self.poller.fileno())
         fds += self.inherited_fds
         if self.caller_fd is not None:
             fds.append(self.caller_fd)
@@ -153,15 +156,20 @@ class Engine:
         for fd in (self.wakeup_r, self.wakeup_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self.wakeup_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(signum, _note_signal)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
-        self.selector.register(self.control, selectors.EVENT_READ, self._on_control)
-        self.selector.register(self.wakeup_r, selectors.EVENT_READ, self._on_wakeup)
+        # Ctrl-C at a terminal is the caller's to handle: the boss (and so its
+        # workers) leave the terminal's foreground process group.
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        self.poller.register(self.control, self._on_control)
+        self.poller.register(self.wakeup_r, self._on_wakeup)
         if hasattr(os, "pidfd_open"):
             try:
                 self.caller_fd = os.pidfd_open(self.caller_pid)
-                self.selector.register(self.caller_fd, selectors.EVENT_READ, self._on_caller_gone)
+                self.poller.register(self.caller_fd, self._on_caller_gone)
             except OSError:  # old kernel: the control channel's end of file will tell
                 self.caller_fd = None
         if os.getppid() != self.caller_pid:
@@ -200,17 +208,16 @@ class Engine:
             timeout = max(0.0, self.deadlines[0][0] - time.monotonic())
         if self.outbox:
             self._flush_outbox()
-        for key, mask in self.selector.select(timeout):
-            key.data(key.fd, mask)
+        self.poller.wait(timeout)
         self._expire_deadlines()
         if self.outbox:
             self._flush_outbox()
 
     # ------------------------------------------------------------- the caller
     def _on_control(self, fd: int, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
+        if mask & WRITE:
             self._flush_outbox()
-        if not mask & selectors.EVENT_READ:
+        if not mask & READ:
             return
         data = wire.read_chunk(fd)
         if data is None:
@@ -263,13 +270,10 @@ class Engine:
     def _caller_gone(self) -> None:
         """The caller died or closed its end: stop everything, nobody is listening."""
         if self.caller_fd is not None:
-            self.selector.unregister(self.caller_fd)
+            self.poller.unregister(self.caller_fd)
             os.close(self.caller_fd)
             self.caller_fd = None
-        try:
-            self.selector.unregister(self.control)
-        except (KeyError, ValueError):
-            pass
+        self.poller.unregister(self.control)
         self.silent = True
         self.stopping = "caller gone"
         self._stop_workers("caller gone")
@@ -285,12 +289,9 @@ class Engine:
         except OSError:  # the caller is gone
             self._caller_gone()
             return
-        events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
-        try:
-            if self.selector.get_key(self.control).events != events:
-                self.selector.modify(self.control, events, self._on_control)
-        except (KeyError, ValueError):
-            pass
+        if done != self._outbox_was_empty:
+            self._outbox_was_empty = done
+            self.poller.modify(self.control, READ if done else READ | WRITE)
 
     def _status_payload(self) -> Dict[str, Any]:
         return {"running": sorted(self.workers), "counts": self._counts()}
@@ -376,7 +377,7 @@ class Engine:
         worker = RunningWorker(instructions, pid, fd)
         self.workers[worker.name] = worker
         self.by_pid[pid] = worker
-        self.selector.register(fd, selectors.EVENT_READ, lambda _fd, _mask: self._read_report(worker))
+        self.poller.register(fd, lambda _fd, _mask: self._read_report(worker))
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
         if timeout is not None:
             self._at(timeout, self._on_timeout, worker)
@@ -400,7 +401,7 @@ class Engine:
     def _close_channel(self, worker: RunningWorker) -> None:
         if worker.channel_open:
             worker.channel_open = False
-            self.selector.unregister(worker.fd)
+            self.poller.unregister(worker.fd)
             os.close(worker.fd)
 
     def _on_wakeup(self, fd: int, mask: int) -> None:
@@ -410,11 +411,10 @@ class Engine:
             if not data:
                 break
             signals.update(data)
-        if signal.SIGTERM in signals or signal.SIGHUP in signals:
-            signum = signal.SIGTERM if signal.SIGTERM in signals else signal.SIGHUP
+        if signal.SIGTERM in signals:
             if self.error is None:
-                self.error = Interrupted(f"the boss process received {signal.Signals(signum).name} "
-                                         "and stopped its workers", signum=signum)
+                self.error = Interrupted("the boss process received SIGTERM and stopped its workers",
+                                         signum=signal.SIGTERM)
             self.stopping = "signal"
             self._stop_workers("signal")
         self._reap()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Tuple
 
 import psutil
 
-from .worker import run_child
+from .worker import prepare_class, run_child
 
 __all__ = ["LocalProcesses", "set_parent_death_signal"]
 
@@ -54,7 +54,7 @@ class LocalProcesses:
     """Starts workers as forked children of the (single-threaded) boss.
 
     ``private_fds`` returns the boss's own descriptors (control channel,
-    selector, other workers' channels...), which every child closes at once so
+    poller, other workers' channels...), which every child closes at once so
     that it holds nothing of the boss but its own report channel.
     """
 
@@ -65,6 +65,7 @@ class LocalProcesses:
 
     def start(self, cls: type, attributes: Mapping[str, Any]) -> Tuple[int, int]:
         """Fork a worker running ``cls(attributes)._task()``; return (pid, report fd)."""
+        prepare_class(cls)
         read_fd, write_fd = os.pipe()
         private = list(self._private_fds())
         pid = os.fork()
@@ -81,23 +82,23 @@ class LocalProcesses:
                 os._exit(71)
             run_child(cls, attributes, write_fd, self._max_report_bytes)
         os.close(write_fd)
-        try:
-            os.setpgid(pid, pid)  # also done in the child: whichever runs first wins the race
-        except OSError:
-            pass
         os.set_blocking(read_fd, False)
         return pid, read_fd
 
     def _become_worker(self) -> None:
-        """Child-side set-up: own process group, die with the boss, default signals."""
+        """Child-side set-up: own process group, die with the boss, default signals.
+
+        Only SIGTERM is reset: each call costs page faults in a fresh fork.
+        SIGINT keeps Python's default handler, which the boss never changes;
+        the boss's no-op SIGCHLD handler is harmless in a worker and gone at
+        ``exec``.
+        """
         os.setpgid(0, 0)
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != self._boss_pid:  # the boss died before the line above
             os._exit(72)
         signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     @staticmethod
     def descendants(pid: int) -> List[psutil.Process]:
