@@ -35,7 +35,7 @@ TAIL_BYTES = 4096
 
 # Find the temporary directory once, here, rather than in every worker process
 # (finding it writes a probe file).
-tempfile.gettempdir()
+_TMPDIR = tempfile.gettempdir()
 
 
 def template_keys(template: str) -> List[str]:
@@ -74,6 +74,8 @@ def render(template: str, values: Mapping[str, Any]) -> str:
     A format spec applies before quoting (``{n:03d}``); lists and tuples become
     several quoted words.
     """
+    if "{" not in template and "}" not in template:
+        return template
     out = []
     for literal, field, spec, conversion in string.Formatter().parse(template):
         out.append(literal)
@@ -94,12 +96,26 @@ def render(template: str, values: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def _tail(stream: Any, lines: int) -> str:
-    stream.seek(0, os.SEEK_END)
-    size = stream.tell()
-    stream.seek(max(0, size - TAIL_BYTES))
-    text = stream.read().decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
+def _tail(fd: int, lines: int) -> str:
+    """The last ``lines`` lines of what was written to ``fd`` (at most TAIL_BYTES of it)."""
+    if lines <= 0:
+        return ""
+    size = os.fstat(fd).st_size
+    if not size:
+        return ""
+    text = os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES)).decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _scratch_fd() -> int:
+    """An anonymous file for a command's output: nothing to name or delete, on disk (not in memory)."""
+    flags = getattr(os, "O_TMPFILE", 0)
+    if flags:
+        try:
+            return os.open(_TMPDIR, flags | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError:  # a file system without O_TMPFILE
+            pass
+    return os.dup(tempfile.TemporaryFile().fileno())  # the dup outlives the file object
 
 
 #: Characters and first words that need a shell; commands free of them are run without one.
@@ -128,7 +144,7 @@ def _plain_words(command: str):
     return words
 
 
-def _shell(command: str, out: int, err: int, env: Dict[str, str]) -> int:
+def _shell(command: str, out: int, err: int, env: Mapping[Any, Any]) -> int:
     """Run ``command`` through /bin/sh with stdin from /dev/null; return its exit code (-N: signal N).
 
     ``os.posix_spawn`` (a vfork under the hood) costs a fraction of a fork of
@@ -201,24 +217,29 @@ class CommandWorker(Worker):
 
     def _open_logs(self) -> tuple:
         if not self.logdir:
-            return tempfile.TemporaryFile(), tempfile.TemporaryFile(), None, None
+            return _scratch_fd(), _scratch_fd(), None, None
         os.makedirs(self.logdir, exist_ok=True)
         safe = str(self.name).replace(os.sep, "_")
         paths = os.path.join(self.logdir, safe + ".out"), os.path.join(self.logdir, safe + ".err")
-        return open(paths[0], "w+b"), open(paths[1], "w+b"), paths[0], paths[1]
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        return os.open(paths[0], flags, 0o644), os.open(paths[1], flags, 0o644), paths[0], paths[1]
 
     def _task(self) -> Dict[str, Any]:
         command = render(self.command, self._values())
-        env = dict(os.environ, TAYLOR_WORKER_NAME=str(self.name))
+        os.environ["TAYLOR_WORKER_NAME"] = str(self.name)  # this process is the worker's own
         if self.scheduler_ticket is not None:
-            env["TAYLOR_TICKET"] = str(self.scheduler_ticket)
+            os.environ["TAYLOR_TICKET"] = str(self.scheduler_ticket)
         out, err, out_path, err_path = self._open_logs()
-        with out, err:
+        try:
             start = time.monotonic()
-            code = _shell(command, out.fileno(), err.fileno(), env)
+            # os.environb shares os.environ's data, and spares encoding every variable again.
+            code = _shell(command, out, err, os.environb if os.supports_bytes_environ else os.environ)
             duration = time.monotonic() - start
             result = dict(command=command, exit_code=code, duration=duration,
                           stdout_tail=_tail(out, self.tail), stderr_tail=_tail(err, self.tail))
+        finally:
+            os.close(out)
+            os.close(err)
         if out_path:
             result.update(stdout_log=out_path, stderr_log=err_path)
         if code != 0:
@@ -227,4 +248,3 @@ class CommandWorker(Worker):
             raise CommandFailed(f"command {command!r} failed ({describe_exit(code)}) after {duration:.3g} s{said}",
                                 worker=self.name, **result)
         return result
-
