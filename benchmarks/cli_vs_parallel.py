@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,14 +31,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def timed(argv, stdin_text=None, env=None) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv, stdin_text=None, env=None) -> tuple:
+    """(wall seconds, CPU seconds of the tool and everything it started)."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run(argv, input=stdin_text, text=True, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{argv[0]} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
-    return elapsed
+    return elapsed, _children_cpu() - cpu
 
 
 def main() -> None:
@@ -66,9 +74,12 @@ def main() -> None:
               "    brew install parallel         (macOS)\n")
 
     times = {name: [] for name in tools}
+    cpus = {name: [] for name in tools}
     for round_ in range(args.rounds):
         for name, run in tools.items():
-            times[name].append(run())
+            wall, cpu = run()
+            times[name].append(wall)
+            cpus[name].append(cpu)
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()),
               flush=True)
 
@@ -76,7 +87,8 @@ def main() -> None:
     print(f"\n{args.tasks} x {args.command!r}, {args.jobs} at a time, median of {args.rounds} "
           f"(on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}):")
     for name, rate in rates.items():
-        print(f"  {name:<13} {rate:8.1f} tasks/s")
+        cpu_ms = statistics.median(cpus[name]) / args.tasks * 1000
+        print(f"  {name:<13} {rate:8.1f} tasks/s   {cpu_ms:5.2f} ms of CPU per task (all its processes)")
     for other in ("GNU parallel", "xargs -P"):
         if other in rates:
             print(f"  taylor / {other}: {rates['taylor'] / rates[other]:.2f}x")

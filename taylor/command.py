@@ -135,10 +135,14 @@ def _plain_words(command: str):
     """
     if _SHELL_CHARS.intersection(command) or '"' in command:
         return None
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return None
+    if "'" in command:
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            return None
+    else:
+        words = command.split(" ")  # no quote, no tab or newline: sh splits on spaces alone
+        words = [w for w in words if w]
     if not words or words[0] in _SHELL_WORDS:
         return None
     return words
@@ -225,7 +229,9 @@ class CommandWorker(Worker):
         return os.open(paths[0], flags, 0o644), os.open(paths[1], flags, 0o644), paths[0], paths[1]
 
     def _task(self) -> Dict[str, Any]:
-        command = render(self.command, self._values())
+        command = self.command
+        if "{" in command or "}" in command:
+            command = render(command, self._values())
         os.environ["TAYLOR_WORKER_NAME"] = str(self.name)  # this process is the worker's own
         if self.scheduler_ticket is not None:
             os.environ["TAYLOR_TICKET"] = str(self.scheduler_ticket)
