@@ -93,6 +93,7 @@ class Boss:
         self._names: set = set()
         self._entries: List[Dict[str, Any]] = []
         self._given = 0  # entries already handed out by wait_for_entries()
+        self._submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
         self._decoder = wire.Decoder()
         self._status: Optional[Dict[str, Any]] = None
         self._final: Optional[Report] = None
@@ -165,6 +166,11 @@ class Boss:
     def _handle(self, message: Any) -> None:
         kind, payload = message
         if kind == "entry":
+            instructions = dict(self._submitted.pop(payload["name"], None) or {"name": payload["name"]})
+            ticket = payload.pop("scheduler_ticket", None)
+            if ticket is not None:
+                instructions["scheduler_ticket"] = ticket
+            payload["instructions"] = instructions
             self._entries.append(payload)
         elif kind == "status":
             self._status = payload
@@ -248,6 +254,8 @@ class Boss:
 
     def _on_final(self, final: Dict[str, Any]) -> None:
         extra = {k: final[k] for k in ("pending", "running") if k in final}
+        if "pending" in extra:
+            extra["pending"] = [self._submitted.get(name, {"name": name}) for name in extra["pending"]]
         report = self._report(final["status"], counts=final["counts"], **extra)
         if self.name is not None:
             report["boss"] = self.name
@@ -302,6 +310,8 @@ class Boss:
             validate(instructions)
         messages = [self._encode_chunk(instructions[i:i + _CHUNK_ROWS])
                     for i in range(0, len(instructions), _CHUNK_ROWS)]
+        for item in instructions:
+            self._submitted[item["name"]] = dict(item)
         for data in messages:
             self._send("instructions", None, data)
         self._names = names
@@ -315,10 +325,12 @@ class Boss:
                 try:
                     wire.encode(row, limit=self._max_instructions_bytes)
                 except Exception as row_exc:  # noqa: BLE001
+                    hint = "" if "sharedmemory_common_instructions" in str(row_exc) else (
+                        ". Give large or unpicklable objects through sharedmemory_common_instructions, "
+                        "or a path to a file")
                     raise InstructionsError(
                         f"the instructions of worker {row['name']!r} cannot be sent to the boss: "
-                        f"{type(row_exc).__name__}: {row_exc}. Give large or unpicklable objects through "
-                        "sharedmemory_common_instructions, or a path to a file") from row_exc
+                        f"{type(row_exc).__name__}: {row_exc}{hint}") from row_exc
             raise InstructionsError(f"a batch of {len(chunk)} instructions cannot be sent to the boss: "
                                     f"{type(exc).__name__}: {exc}; send fewer at once") from exc
 

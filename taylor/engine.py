@@ -319,7 +319,7 @@ class Engine:
         final = {"status": status, "counts": self._counts(), "error": self.error,
                  "failure": self.failure["name"] if self.failure else None}
         if self.pending:
-            final["pending"] = [dict(p) for p in self.pending]
+            final["pending"] = [p["name"] for p in self.pending]  # the caller has the instructions
         if self.workers:
             final["running"] = sorted(self.workers)
         try:
@@ -455,7 +455,7 @@ class Engine:
             "name": worker.name,
             "status": DONE,
             "report": None,
-            "instructions": {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"},
+            "instructions": worker.instructions,
             "pid": worker.pid,
             "start_time": worker.start_time,
             "end_time": time.time(),
@@ -485,13 +485,20 @@ class Engine:
             failed = WorkerDiedError, f"ended without reporting: {describe_exit(exitcode)}{partly}"
         if failed is not None:
             cls, what = failed
+            plain = {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"}
             entry.update(status=FAILED, report=cls(
-                worker_failure_message(what, worker.name, entry["instructions"], worker.pid),
-                worker=worker.name, pid=worker.pid, instructions=entry["instructions"], exitcode=exitcode))
+                worker_failure_message(what, worker.name, plain, worker.pid),
+                worker=worker.name, pid=worker.pid, instructions=plain, exitcode=exitcode))
         self.counts[entry["status"]] += 1
         self.recent.append(entry)
         self._log(entry)
-        self._send(("entry", entry))
+        # The caller has the instructions already: the entry goes back without them.
+        sent = dict(entry)
+        del sent["instructions"]
+        ticket = worker.instructions.get("scheduler_ticket")
+        if ticket is not None:
+            sent["scheduler_ticket"] = ticket
+        self._send(("entry", sent))
         self.dirty = True
         if entry["status"] == FAILED and self.options.on_error == "abort" and self.failure is None \
                 and self.stopping is None:

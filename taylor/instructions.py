@@ -8,8 +8,10 @@ footprints' reasons), worker classes the boss cannot see.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import uuid
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import footprints
 
@@ -39,8 +41,8 @@ class Instructions(dict):
         self.timeout: Optional[float] = None
 
     def __reduce__(self):
-        return (_rebuild, (dict(self), self.worker_class, self.defaults, self.memory, self.expected_time,
-                           self.timeout))
+        return (_rebuild, (dict(self), _class_ref(self.worker_class), self.defaults, self.memory,
+                           self.expected_time, self.timeout))
 
     @property
     def name(self) -> str:
@@ -54,9 +56,33 @@ class Instructions(dict):
         return attributes
 
 
+def _class_ref(cls: Optional[type]) -> Optional[Tuple[int, str, str]]:
+    """How a Worker class travels to the boss: the boss is a fork of the caller, so a
+    class that existed when it was created is at the same address there, even a
+    class defined in a function; others are imported by name."""
+    return None if cls is None else (id(cls), cls.__module__, cls.__qualname__)
+
+
+_classes_by_ref: Dict[Tuple[int, str, str], type] = {}
+
+
+def _class_from_ref(ref: Optional[Tuple[int, str, str]]) -> Optional[type]:
+    if ref is None:
+        return None
+    cls = _classes_by_ref.get(ref)
+    if cls is None:
+        for known in worker_classes():
+            _classes_by_ref[_class_ref(known)] = known
+        cls = _classes_by_ref.get(ref)
+    if cls is None:  # defined after the fork in an importable module
+        module = importlib.import_module(ref[1])
+        cls = functools.reduce(getattr, ref[2].split("."), module)
+    return cls
+
+
 def _rebuild(items, worker_class, defaults, memory, expected_time, timeout) -> Instructions:
     obj = Instructions(items)
-    obj.worker_class, obj.defaults = worker_class, defaults
+    obj.worker_class, obj.defaults = _class_from_ref(worker_class), defaults
     obj.memory, obj.expected_time, obj.timeout = memory, expected_time, timeout
     return obj
 
@@ -131,7 +157,13 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
     for row in rows:
         description = dict(row)
         description.update(shared)
-        fit = _best_fit(collector, description)
+        try:
+            fit = _best_fit(collector, description)
+        except Exception as exc:  # noqa: BLE001 - footprints trips on some values (e.g. arrays)
+            raise InstructionsError(
+                f"footprints could not examine the instructions {_short(row)}: {type(exc).__name__}: {exc}. "
+                "Large arrays belong in sharedmemory_common_instructions (see taylor.util.SharedNumpyArray)",
+                instructions=dict(row)) from exc
         if fit is None:
             whynot = collector.report_last.as_dict() if collector.report_last else {}
             reasons = "; ".join(
@@ -143,10 +175,12 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
                 f"no Worker class fits the instructions {_short(row)} with keys {sorted(row)}: {reasons}",
                 instructions=dict(row), whynot=whynot)
         cls, resolved = fit
-        if visible is not None and cls not in visible and cls.__module__ == "__main__":
+        if visible is not None and cls not in visible and (
+                cls.__module__ == "__main__" or "<locals>" in cls.__qualname__):
             raise InstructionsError(
-                f"Worker class {cls.__qualname__} was defined in __main__ after the Boss was created, "
-                "so the boss process does not know it: define worker classes before creating the Boss")
+                f"Worker class {cls.__qualname__} was defined after the Boss was created, outside any "
+                "importable module, so the boss process cannot know it: define worker classes before "
+                "creating the Boss")
         name = resolved.get("name")
         if name is None:
             name = str(uuid.uuid4())

@@ -149,3 +149,24 @@ def test_boss_pid_is_a_live_child_until_the_end():
 def test_worker_binding_reports_all_cpus_as_none():
     report = batch_main(None, dict(sleeping_time=[0]), print_report=False)
     assert report.workers[0]["report"]["binding"] == [None]
+
+
+def test_worker_classes_defined_in_functions_work_if_defined_before_the_boss():
+    class Local(taylor.Worker):
+        _footprint = dict(attr=dict(local=dict(type=int)))
+
+        def _task(self):
+            return self.local * 2
+
+    report = batch_main(None, dict(local=[1, 2]), print_report=False)
+    assert sorted(w["report"] for w in report.workers) == [2, 4]
+
+    boss = Boss()
+    try:
+        class TooLate(taylor.Worker):
+            _footprint = dict(attr=dict(too_late=dict(type=int)))
+
+        with pytest.raises(taylor.InstructionsError, match="defined after the Boss was created"):
+            boss.set_instructions(None, dict(too_late=[1]))
+    finally:
+        boss.close()

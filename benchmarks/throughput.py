@@ -1,0 +1,230 @@
+"""Throughput of taylor against taylorism 1.1.0 and a raw fork/exit/wait loop.
+
+No-op workers, one process each, two at a time.  Each measurement runs in a
+fresh process; the three contenders alternate round by round so that they
+share the machine's mood.  The raw loop imports what taylor imports, so its
+parent has the same size as taylor's boss.  Also measured: the boss's CPU use
+while two workers sleep, and the latency from ``run_as_server`` to the first
+worker starting.
+
+    python benchmarks/throughput.py                 # 1000 tasks, 5 rounds
+    python benchmarks/throughput.py --tasks 2000 --rounds 7 --no-taylorism
+
+taylorism is installed on first use into benchmarks/.venv-taylorism (from the
+package index), never imported into this interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV = HERE / ".venv-taylorism"
+THREADS = 2
+
+
+# --------------------------------------------------------------- contenders
+def _taylor_noop_class():
+    from taylor import Worker
+
+    class Noop(Worker):
+        _footprint = dict(info="no-op", attr=dict(noop=dict(type=bool, values=[True])))
+
+        def _task(self):
+            return None
+
+    return Noop
+
+
+def _taylorism_noop_class():
+    from taylorism import Worker
+
+    class Noop(Worker):
+        _footprint = dict(info="no-op", attr=dict(noop=dict(type=bool, values=[True])))
+
+        def _task(self):
+            return None
+
+    return Noop
+
+
+def run_taylor(tasks: int) -> float:
+    import taylor
+    from taylor.schedulers import MaxThreadsScheduler
+
+    _taylor_noop_class()
+    start = time.perf_counter()
+    report = taylor.batch_main(dict(noop=True), dict(expected_time=[0.0] * tasks),
+                               scheduler=MaxThreadsScheduler(max_threads=THREADS), print_report=False)
+    elapsed = time.perf_counter() - start
+    assert len(report["workers_report"]) == tasks
+    return tasks / elapsed
+
+
+def run_taylorism(tasks: int) -> float:
+    import footprints
+    import taylorism
+
+    _taylorism_noop_class()
+    start = time.perf_counter()
+    boss = taylorism.run_as_server(dict(noop=True), dict(expected_time=[0.0] * tasks),
+                                   scheduler=footprints.proxy.scheduler(limit="threads", max_threads=THREADS))
+    boss.wait_till_finished()
+    report = boss.get_report()
+    elapsed = time.perf_counter() - start
+    assert len(report["workers_report"]) == tasks
+    return tasks / elapsed
+
+
+def run_raw(tasks: int) -> float:
+    import footprints  # noqa: F401 - the same parent size as taylor's boss
+    import psutil  # noqa: F401
+
+    import taylor  # noqa: F401
+
+    start = time.perf_counter()
+    running = started = done = 0
+    while done < tasks:
+        while running < THREADS and started < tasks:
+            if os.fork() == 0:
+                os._exit(0)
+            running += 1
+            started += 1
+        os.wait()
+        running -= 1
+        done += 1
+    return tasks / (time.perf_counter() - start)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(which: str, seconds: float = 5.0) -> float:
+    """Percent of one CPU the boss uses while two workers sleep ``seconds``."""
+    if which == "taylor":
+        import taylor
+        from taylor.examples import Sleeper  # noqa: F401
+        from taylor.schedulers import MaxThreadsScheduler
+
+        boss = taylor.run_as_server(None, dict(sleeping_time=[seconds] * 2),
+                                    scheduler=MaxThreadsScheduler(max_threads=THREADS))
+        pid = boss.pid
+    else:
+        import footprints
+        import taylorism
+        from taylorism.examples import Sleeper  # noqa: F401
+
+        boss = taylorism.run_as_server(None, dict(sleeping_time=[seconds] * 2),
+                                       scheduler=footprints.proxy.scheduler(limit="threads", max_threads=THREADS))
+        pid = boss._process.pid
+    time.sleep(0.5)
+    before, t0 = _cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds - 1.0)
+    used = (_cpu_seconds(pid) - before) / (time.monotonic() - t0)
+    boss.wait_till_finished()
+    return 100.0 * used
+
+
+def latency(which: str, trials: int = 15) -> float:
+    """Median seconds from calling run_as_server to the first worker's task starting."""
+    samples = []
+    if which == "taylor":
+        import taylor as lib
+        from taylor import Worker
+        from taylor.schedulers import MaxThreadsScheduler
+
+        def scheduler():
+            return MaxThreadsScheduler(max_threads=THREADS)
+    else:
+        import footprints
+        import taylorism as lib
+        from taylorism import Worker
+
+        def scheduler():
+            return footprints.proxy.scheduler(limit="threads", max_threads=THREADS)
+
+    class Clock(Worker):
+        _footprint = dict(info="clock", attr=dict(clock=dict(type=bool, values=[True])))
+
+        def _task(self):
+            return time.monotonic()
+
+    for _ in range(trials):
+        called = time.monotonic()
+        boss = lib.run_as_server(dict(clock=True), dict(expected_time=[0.0]), scheduler=scheduler())
+        boss.wait_till_finished()
+        started = boss.get_report()["workers_report"][0]["report"]
+        samples.append(started - called)
+    return statistics.median(samples)
+
+
+# ------------------------------------------------------------------ driver
+def ensure_taylorism() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        print(f"installing taylorism 1.1.0 into {VENV} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "taylorism==1.1.0"], check=True)
+    return python
+
+
+def measure(python: str, what: str, *args: str) -> float:
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent) if what != "taylorism" else "")
+    out = subprocess.run([python, __file__, "--one", what, *args], check=True, capture_output=True, text=True,
+                         env=env, cwd=str(HERE)).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-taylorism", action="store_true", help="skip taylorism (no install needed)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--extra", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:  # a single measurement, in this fresh process
+        if args.extra == "idle":
+            print(json.dumps(idle_cpu(args.one)))
+        elif args.extra == "latency":
+            print(json.dumps(latency(args.one)))
+        else:
+            print(json.dumps(dict(taylor=run_taylor, taylorism=run_taylorism, raw=run_raw)[args.one](args.tasks)))
+        return
+
+    pythons = {"taylor": sys.executable, "raw": sys.executable}
+    if not args.no_taylorism:
+        pythons["taylorism"] = str(ensure_taylorism())
+    rates = {name: [] for name in pythons}
+    order = list(pythons)
+    for round_ in range(args.rounds):
+        for name in order[round_ % len(order):] + order[:round_ % len(order)]:
+            tasks = args.tasks if name != "taylorism" else max(100, args.tasks // 5)  # it is slow
+            rates[name].append(measure(pythons[name], name, "--tasks", str(tasks)))
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {r[-1]:.0f}/s" for n, r in rates.items()), flush=True)
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    print(f"\n{args.tasks} no-op tasks, {THREADS} at a time, median of {args.rounds} rounds (tasks/s):")
+    for name, value in med.items():
+        print(f"  {name:10s} {value:8.0f}")
+    print(f"  taylor / raw fork loop: {med['taylor'] / med['raw']:.2f}x")
+    if "taylorism" in med:
+        print(f"  taylor / taylorism:     {med['taylor'] / med['taylorism']:.1f}x")
+    for name in [n for n in ("taylor", "taylorism") if n in pythons]:
+        cpu = measure(pythons[name], name, "--extra", "idle")
+        lat = measure(pythons[name], name, "--extra", "latency")
+        print(f"  {name:10s} boss CPU while 2 workers sleep: {cpu:5.1f}% of a core; "
+              f"run_as_server to first task: {lat * 1000:.1f} ms (median)")
+
+
+if __name__ == "__main__":
+    main()
