@@ -293,8 +293,8 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
         user_rows = _instruction_rows(common, individual, from_file, from_format)
     except TaylorError as exc:
         _fail(str(exc))
-    if not user_rows:
-        _fail("no instruction sets: give -i KEY=V1,V2,... or --from FILE (an empty file runs nothing)")
+    if not user_rows and not from_file:
+        _fail("no instruction sets: give -i KEY=V1,V2,... or --from FILE")
 
     worker_class = None
     if template is not None:

@@ -135,6 +135,8 @@ def read_rows(path: str, fmt: Optional[str] = None) -> List[Row]:
     the content (JSON, then JSON lines, then CSV).
     """
     text = _read_text(path)
+    if not text.strip():
+        return []
     if fmt is None:
         ext = os.path.splitext(path)[1].lower()
         fmt = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml",
@@ -162,8 +164,6 @@ def read_rows(path: str, fmt: Optional[str] = None) -> List[Row]:
             if stripped.startswith("{"):
                 return _json_lines(text, path)
             raise InstructionsError(f"{path}: looks like JSON but does not parse as JSON") from None
-    if not stripped:
-        return []
     return _csv(text, path)
 
 

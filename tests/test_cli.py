@@ -336,3 +336,10 @@ def test_slurm_example_script_runs_stops_on_sigterm_and_resumes(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 of 3 tasks already done, 1 to run" in again.stderr
     assert (tmp_path / "blocked.gz").exists()
+
+
+def test_empty_instruction_file_runs_nothing_and_succeeds(tmp_path):
+    (tmp_path / "none.csv").write_text("")
+    result = CliRunner().invoke(main, ["run", "--command", "echo {x}", "--from", str(tmp_path / "none.csv")])
+    assert result.exit_code == 0, result.output
+    assert "0 done, 0 failed" in result.output
