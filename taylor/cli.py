@@ -104,17 +104,18 @@ def load_worker(spec: str) -> Optional[type]:
 
 # --------------------------------------------------------------- schedulers
 def make_scheduler(kind: Optional[str], max_threads: Optional[int], max_memory: Optional[float],
-                   memory_per_task: Optional[float], bind: bool) -> Any:
+                   memory_per_task: Optional[float], bind: bool, measured: bool = False) -> Any:
     """The scheduler the options describe, built through footprints (exit 2 if none fits)."""
     import footprints
 
     from . import schedulers  # noqa: F401 - registers the schedulers
 
-    memory_given = max_memory is not None or memory_per_task is not None
+    memory_given = max_memory is not None or memory_per_task is not None or measured
     if kind is None:
         kind = "threads+memory" if memory_given else "threads"
     if kind in ("threads", "laxist") and memory_given:
-        _fail(f"--max-memory and --memory-per-task need a memory scheduler, not --scheduler {kind}")
+        _fail(f"--max-memory, --memory-per-task and --measured-memory need a memory scheduler, "
+              f"not --scheduler {kind}")
     if kind in ("memory", "laxist") and max_threads is not None:
         _fail(f"-j/--max-threads does not apply to --scheduler {kind}")
     if kind == "laxist" and bind:
@@ -129,6 +130,8 @@ def make_scheduler(kind: Optional[str], max_threads: Optional[int], max_memory: 
             description["max_memory"] = max_memory
         if memory_per_task is not None:
             description["memory_per_task"] = memory_per_task
+        if measured:
+            description["measured"] = True
     if bind:
         description["binded"] = True
     collector = footprints.collectors.get(tag="scheduler")
@@ -262,6 +265,9 @@ Examples:
               help="How tasks are started: threads (at most -j at once), memory (within --max-memory), "
                    "threads+memory (both, longest expected_time first), laxist (all at once). Default: "
                    "threads, or threads+memory when a memory option is given.")
+@click.option("--measured-memory", is_flag=True,
+              help="With a memory scheduler: also start a task only when the memory the host has available "
+                   "now (less what running tasks declared but do not use yet) covers it.")
 @click.option("--bind", is_flag=True, help="Pin each task to its own CPU.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Terminate (and fail) a task that runs longer than SECONDS.")
@@ -279,7 +285,7 @@ Examples:
 def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[str], individual: Sequence[str],
         from_file: Optional[str], from_format: Optional[str], logdir: Optional[str], max_threads: Optional[int],
         max_memory: Optional[float], memory_per_task: Optional[float], scheduler_kind: Optional[str],
-        bind: bool, timeout: Optional[float], keep_going: bool, report_path: Optional[str],
+        measured_memory: bool, bind: bool, timeout: Optional[float], keep_going: bool, report_path: Optional[str],
         journal_path: Optional[str], resume: bool, progress: Optional[bool], verbose: bool) -> None:
     from .errors import TaylorError
 
@@ -311,7 +317,7 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
             _fail(str(exc))
     else:
         worker_class = load_worker(worker_spec)
-    scheduler = make_scheduler(scheduler_kind, max_threads, max_memory, memory_per_task, bind)
+    scheduler = make_scheduler(scheduler_kind, max_threads, max_memory, memory_per_task, bind, measured_memory)
 
     width = max(4, len(str(len(user_rows))))
     tasks: List[Dict[str, Any]] = []
@@ -648,3 +654,9 @@ def schedulers() -> None:
         click.echo(f"    {key:<18} {figure}" + (f"  ({source})" if source else ""))
     cpus = host.describe().get("cpus", (None,))[0]
     click.echo(f"So 'taylor run -j 0' (the default) runs at most {cpus} tasks at once.")
+    collector = footprints.collectors.get(tag="scheduler")
+    if collector.find_all(dict(limit="memory")):
+        memory = footprints.proxy.scheduler(limit="memory")
+        source = getattr(memory, "memory_source", "")
+        click.echo(f"And without --max-memory, memory schedulers keep the tasks' declared memory under "
+                   f"{memory.max_memory:.0f} MiB" + (f" ({source})." if source else "."))
