@@ -343,3 +343,39 @@ def test_empty_instruction_file_runs_nothing_and_succeeds(tmp_path):
     result = CliRunner().invoke(main, ["run", "--command", "echo {x}", "--from", str(tmp_path / "none.csv")])
     assert result.exit_code == 0, result.output
     assert "0 done, 0 failed" in result.output
+
+
+def _has_scheduler(**description):
+    import footprints
+
+    import taylor.schedulers  # noqa: F401 - registers the schedulers
+
+    return bool(footprints.collectors.get(tag="scheduler").find_all(description))
+
+
+def test_memory_scheduler_caps_and_refuses_what_could_never_fit(tmp_path):
+    if not _has_scheduler(limit="memory"):
+        result = taylor("run", "--command", "true", "-i", "n=1", "--max-memory", "100", cwd=tmp_path)
+        assert result.returncode == 2 and "no scheduler of this taylor installation" in result.stderr
+        return
+    too_big = taylor("run", "--command", "true", "-i", "memory=50,500", "--max-memory", "300", cwd=tmp_path)
+    assert too_big.returncode == 2
+    assert "task-0002" in too_big.stderr and "max_memory" in too_big.stderr
+    # Two tasks of 200 MiB under a 300 MiB cap never run together, whatever -j allows.
+    both = taylor("run", "--command", "python3 -c 'import time; time.sleep(0.3)'", "-i", "memory=200,200",
+                  "--max-memory", "300", "-j", "2", "--report", "r.json", cwd=tmp_path)
+    assert both.returncode == 0, both.stderr
+    first, second = sorted(json.loads((tmp_path / "r.json").read_text())["workers_report"],
+                           key=lambda e: e["start_time"])
+    assert second["start_time"] >= first["end_time"] - 0.05
+
+
+def test_bind_pins_each_running_task_to_its_own_cpu(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2 or not _has_scheduler(limit="threads", max_threads=2, binded=True):
+        pytest.skip("needs 2 usable CPUs and the binding schedulers")
+    result = taylor("run", "--command", "python3 -c 'import os, time; print(sorted(os.sched_getaffinity(0))); "
+                    "time.sleep(0.3)'", "-i", "n=1,2", "-j", "2", "--bind", "--report", "r.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cpus = [json.loads(e["report"]["stdout_tail"]) for e in
+            json.loads((tmp_path / "r.json").read_text())["workers_report"]]
+    assert all(len(c) == 1 for c in cpus) and cpus[0] != cpus[1]
