@@ -103,6 +103,20 @@ def load_worker(spec: str) -> Optional[type]:
 
 
 # --------------------------------------------------------------- schedulers
+def scheduler_classes(description: Dict[str, Any]) -> List[type]:
+    """Scheduler classes that fit ``description`` and declare every one of its keys.
+
+    Footprints ignores keys a class does not declare: without this check
+    ``binded=True`` would select a scheduler that does not bind.
+    """
+    import footprints
+
+    from . import schedulers  # noqa: F401 - registers the schedulers
+
+    found = footprints.collectors.get(tag="scheduler").find_all(dict(description))
+    return [cls for cls, _, _ in found if set(description) <= set(cls.footprint_retrieve().attr)]
+
+
 def make_scheduler(kind: Optional[str], max_threads: Optional[int], max_memory: Optional[float],
                    memory_per_task: Optional[float], bind: bool, measured: bool = False) -> Any:
     """The scheduler the options describe, built through footprints (exit 2 if none fits)."""
@@ -134,8 +148,7 @@ def make_scheduler(kind: Optional[str], max_threads: Optional[int], max_memory: 
             description["measured"] = True
     if bind:
         description["binded"] = True
-    collector = footprints.collectors.get(tag="scheduler")
-    if not collector.find_all(dict(description)):
+    if not scheduler_classes(description):
         _fail(f"no scheduler of this taylor installation accepts {description} (--scheduler {kind}"
               f"{' --bind' if bind else ''}); 'taylor schedulers' lists those available")
     try:
@@ -654,8 +667,7 @@ def schedulers() -> None:
         click.echo(f"    {key:<18} {figure}" + (f"  ({source})" if source else ""))
     cpus = host.describe().get("cpus", (None,))[0]
     click.echo(f"So 'taylor run -j 0' (the default) runs at most {cpus} tasks at once.")
-    collector = footprints.collectors.get(tag="scheduler")
-    if collector.find_all(dict(limit="memory")):
+    if scheduler_classes(dict(limit="memory")):
         memory = footprints.proxy.scheduler(limit="memory")
         source = getattr(memory, "memory_source", "")
         click.echo(f"And without --max-memory, memory schedulers keep the tasks' declared memory under "

@@ -346,11 +346,9 @@ def test_empty_instruction_file_runs_nothing_and_succeeds(tmp_path):
 
 
 def _has_scheduler(**description):
-    import footprints
+    from taylor.cli import scheduler_classes
 
-    import taylor.schedulers  # noqa: F401 - registers the schedulers
-
-    return bool(footprints.collectors.get(tag="scheduler").find_all(description))
+    return bool(scheduler_classes(description))
 
 
 def test_memory_scheduler_caps_and_refuses_what_could_never_fit(tmp_path):
@@ -371,8 +369,12 @@ def test_memory_scheduler_caps_and_refuses_what_could_never_fit(tmp_path):
 
 
 def test_bind_pins_each_running_task_to_its_own_cpu(tmp_path):
-    if len(os.sched_getaffinity(0)) < 2 or not _has_scheduler(limit="threads", max_threads=2, binded=True):
-        pytest.skip("needs 2 usable CPUs and the binding schedulers")
+    if not _has_scheduler(limit="threads", max_threads=2, binded=True):
+        refused = taylor("run", "--command", "true", "-i", "n=1", "--bind", cwd=tmp_path)
+        assert refused.returncode == 2 and "--bind" in refused.stderr  # never a silent run unbound
+        return
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 usable CPUs")
     result = taylor("run", "--command", "python3 -c 'import os, time; print(sorted(os.sched_getaffinity(0))); "
                     "time.sleep(0.3)'", "-i", "n=1,2", "-j", "2", "--bind", "--report", "r.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
