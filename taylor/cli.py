@@ -289,7 +289,8 @@ Examples:
 @click.option("--report", "report_path", metavar="FILE",
               help="Write the full report as JSON to FILE ('-' is stdout).")
 @click.option("--journal", "journal_path", metavar="FILE",
-              help="Append one JSON line per finished task to FILE, written as it finishes.")
+              help="Write one JSON line per finished task to FILE, as it finishes (the file is started "
+                   "afresh, unless --resume).")
 @click.option("--resume", is_flag=True,
               help="With --journal: skip the tasks the journal records as done, run the rest, keep appending.")
 @click.option("--progress/--no-progress", default=None,
