@@ -248,6 +248,10 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
         _fail("--resume needs --journal FILE (the journal of the run to resume)")
     if logdir and not template:
         _fail("--logdir applies to --command runs only")
+    if report_path and report_path != "-":
+        folder = os.path.dirname(os.path.abspath(report_path))
+        if not os.access(folder, os.W_OK):
+            _fail(f"cannot write the report {report_path}: {folder} is not a writable directory")
     try:
         user_rows = _instruction_rows(common, individual, from_file, from_format)
     except TaylorError as exc:
@@ -369,7 +373,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     level = logger.level
     if not verbose:  # the summary below says what failed; the boss's log would say it twice
         logger.setLevel(logging.CRITICAL)
-    journal = Journal(journal_path, append=append) if journal_path else None
+    journal: Optional[Journal] = None
     bar = Progress(len(tasks), progress)
     started = time.monotonic()
     interrupted: Optional[int] = None
@@ -397,8 +401,12 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 try:
                     for group in _groups(tasks):
                         boss.set_instructions({}, group)
-                except TaylorError as exc:
+                    # Opened once the input is known good: a bad input leaves an old journal as it was.
+                    journal = Journal(journal_path, append=append) if journal_path else None
+                except (TaylorError, OSError) as exc:
                     boss.close()
+                    if isinstance(exc, OSError):
+                        _fail(f"cannot write the journal {journal_path}: {exc.strerror or exc}")
                     _fail(str(exc))
                 boss.make_them_work()
                 boss.end()
@@ -419,6 +427,11 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                     error = exc
                     report = getattr(exc, "report", None)
             else:
+                try:
+                    if journal_path:
+                        Journal(journal_path, append=append).close()
+                except OSError as exc:
+                    _fail(f"cannot write the journal {journal_path}: {exc.strerror or exc}")
                 report = Report(workers_report=[], status="finished",
                                 counts=dict(done=0, failed=0, stopped=0, running=0, pending=0))
         except (KeyboardInterrupt, Interrupted) as exc:

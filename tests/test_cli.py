@@ -64,6 +64,8 @@ def test_help_version_and_every_command_has_an_example():
     (["--command", "true", "-c", "a=1"], "no instruction sets"),
     (["--command", "echo {a.b}", "-i", "a=1"], "plain instruction key"),
     (["--worker", "no_such_module_xyz", "-i", "a=1"], "cannot import module"),
+    (["--command", "true", "-i", "a=1", "--journal", "/nonexistent/j.jsonl"], "cannot write the journal"),
+    (["--command", "true", "-i", "a=1", "--report", "/nonexistent/r.json"], "cannot write the report"),
 ])
 def test_usage_and_input_errors_exit_2_with_one_line(args, reason):
     result = CliRunner().invoke(main, ["run", *args])
@@ -381,3 +383,11 @@ def test_bind_pins_each_running_task_to_its_own_cpu(tmp_path):
     cpus = [json.loads(e["report"]["stdout_tail"]) for e in
             json.loads((tmp_path / "r.json").read_text())["workers_report"]]
     assert all(len(c) == 1 for c in cpus) and cpus[0] != cpus[1]
+
+
+def test_bad_input_leaves_an_existing_journal_untouched(tmp_path):
+    journal = tmp_path / "j.jsonl"
+    journal.write_text('{"name": "task-0001", "status": "done", "instructions": {"a": 1}}\n')
+    result = taylor("run", "--command", "true", "-i", "name=x,x", "--journal", journal, cwd=tmp_path)
+    assert result.returncode == 2 and "named 'x'" in result.stderr  # found when the boss is given the tasks
+    assert journal.read_text().startswith('{"name": "task-0001"')
