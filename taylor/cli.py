@@ -420,10 +420,10 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 for entry in boss.wait_for_entries(0):
                     record(entry)
                 try:
-                    report = boss.wait_till_finished()
-                except (KeyboardInterrupt, Interrupted):
-                    raise
+                    report = boss.wait_till_finished()  # the run has ended: this only reads the outcome
                 except BaseException as exc:  # noqa: BLE001 - a worker's own exception ends the run
+                    if _is_signal(exc):
+                        raise
                     error = exc
                     report = getattr(exc, "report", None)
             else:
@@ -465,12 +465,22 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     return EXIT_OK if report.ok and error is None else EXIT_FAILED
 
 
+def _is_signal(exc: BaseException) -> bool:
+    """True for SIGINT/SIGTERM received here; False for a worker's failure, even a KeyboardInterrupt or
+    SystemExit raised in a task (the boss hands those back with the run's ``report``)."""
+    from .errors import Interrupted
+
+    return isinstance(exc, (KeyboardInterrupt, Interrupted)) and getattr(exc, "report", None) is None
+
+
 def _refresh_running(boss: Any, bar: Progress) -> None:
     """Ask the boss how many tasks run now (one round trip; only for the progress line)."""
     bar.asked = time.monotonic()
     try:
         interim = boss.get_report(interim=True)
-    except Exception:  # noqa: BLE001 - the run ended meanwhile: the main loop will see it
+    except BaseException as exc:  # noqa: BLE001 - the run ended meanwhile: the main loop will see it
+        if _is_signal(exc):
+            raise
         return
     if interim is not None:
         bar.running = interim.get("counts", {}).get("running")

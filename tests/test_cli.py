@@ -188,6 +188,13 @@ def test_python_worker_class(tmp_path):
     assert wrong.returncode == 2 and "does not fit Noop" in wrong.stderr
     raised = taylor("run", "--worker", "workers", "-i", "fault=raise", cwd=tmp_path)
     assert raised.returncode == 1 and "KeyError" in raised.stderr
+    # A task that calls sys.exit() is a failed task (exit 1), not the command line's own exit.
+    (tmp_path / "exiting.py").write_text(
+        "import sys\nfrom taylor import Worker\n\n\nclass Exiter(Worker):\n"
+        "    _footprint = dict(attr=dict(exiter=dict(type=int)))\n\n"
+        "    def _task(self):\n        sys.exit(self.exiter)\n")
+    exited = taylor("run", "--worker", "exiting.py:Exiter", "-i", "exiter=3", "--progress", cwd=tmp_path)
+    assert exited.returncode == 1 and "SystemExit: 3" in exited.stderr
 
 
 def test_resume_skips_what_is_done_and_appends(tmp_path):
