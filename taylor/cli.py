@@ -287,6 +287,14 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
                 task["logdir"] = logdir
         tasks.append(task)
     originals = {str(t["name"]): row for t, row in zip(tasks, user_rows)}
+    if template is not None:
+        from .command import render
+
+        for task in tasks:  # a format spec that does not suit a value fails here, not in a task
+            try:
+                render(template, task)
+            except (ValueError, TypeError) as exc:
+                _fail(f"task {task['name']!r}: cannot fill the command template {template!r}: {exc}")
 
     skipped = 0
     if resume:

@@ -63,6 +63,7 @@ def test_help_version_and_every_command_has_an_example():
     (["--command", "true", "-i", "a=1", "--max-memory", "100", "--scheduler", "threads"], "memory scheduler"),
     (["--command", "true", "-c", "a=1"], "no instruction sets"),
     (["--command", "echo {a.b}", "-i", "a=1"], "plain instruction key"),
+    (["--command", "echo {n:03d}", "-i", "n=7,x"], "task 'task-0002': cannot fill the command template"),
     (["--worker", "no_such_module_xyz", "-i", "a=1"], "cannot import module"),
     (["--command", "true", "-i", "a=1", "--journal", "/nonexistent/j.jsonl"], "cannot write the journal"),
     (["--command", "true", "-i", "a=1", "--report", "/nonexistent/r.json"], "cannot write the report"),
