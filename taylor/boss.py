@@ -99,6 +99,7 @@ class Boss:
         self._final: Optional[Report] = None
         self._failure: Optional[BaseException] = None
         self._ended = False
+        self._broken = False
         self._reaped = False
         self._exitcode: Optional[int] = None
         self._owner = os.getpid()
@@ -156,12 +157,20 @@ class Boss:
     def _send(self, kind: str, payload: Any, data: Optional[bytes] = None) -> None:
         if self._final is not None or self._reaped:
             raise BossClosedError(f"the boss{self._label()} has ended its run; it takes no more {kind}")
+        if self._broken:
+            raise BossClosedError(f"the channel to the boss{self._label()} was closed by an interruption")
         data = data if data is not None else wire.encode((kind, payload))
-        with _signals_deferred():  # a message cut in half would garble the channel
-            try:
-                self._sock.sendall(data)
-            except OSError:
-                self._pump(lambda: False)  # the boss is gone: say how (raises)
+        try:
+            self._sock.sendall(data)
+        except OSError:
+            self._pump(lambda: False)  # the boss is gone: say how (raises)
+        except BaseException:
+            # Interrupted mid-message (Ctrl-C): what was sent cannot be trusted.  Closing our
+            # side makes the boss stop every worker; entries can still be read.
+            self._broken = True
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+            raise
 
     def _handle(self, message: Any) -> None:
         kind, payload = message
@@ -233,6 +242,9 @@ class Boss:
         if self._final is not None:
             return
         self._reap()
+        if self._broken:  # we closed the channel ourselves: the boss stopped, as asked
+            self._final = self._report("stopped")
+            return
         report = self._report("failed")
         error = BossDiedError(
             f"the boss process{self._label()} (pid {self.pid}) died ({describe_exit(self._exitcode)}) before "
@@ -446,13 +458,12 @@ class Boss:
 
     def _abort(self) -> Report:
         """Stop everything after an interruption; return what had finished."""
-        with _signals_deferred():
-            self.stop_them_working()
-            try:
-                self._pump(lambda: self._final is not None)
-            except TaylorError:
-                pass
-            self._reap()
+        self.stop_them_working()
+        try:
+            self._pump(lambda: self._final is not None)
+        except TaylorError:
+            pass
+        self._reap()
         return self._final if self._final is not None else self._report("stopped")
 
     def close(self) -> None:
@@ -486,17 +497,6 @@ class Boss:
     def __repr__(self) -> str:
         state = "ended" if self._final is not None else "running"
         return f"<taylor.Boss{self._label()} pid={self.pid} {state}, {len(self._entries)} entries>"
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a message is being written, deliver them after."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

@@ -19,6 +19,7 @@ import heapq
 import itertools
 import logging
 import os
+import select
 import signal
 import time
 import traceback
@@ -59,6 +60,9 @@ SIGNALS = {
 
 #: How many recent entries schedulers see as ``report``.
 REPORT_WINDOW = 1000
+#: Entries for the caller are sent together once this old (seconds) or this large (bytes).
+BATCH_DELAY = 0.005
+BATCH_BYTES = 1 << 16
 
 
 class Options:
@@ -118,7 +122,10 @@ class Engine:
         self.scheduler = scheduler
         self.options = options
         self.inherited_fds = list(inherited_fds)  # boss-only fds the workers must not keep
-        self.pending: List[Dict[str, Any]] = []
+        # A scheduler may own the queue's structure (see BaseScheduler.pending_queue).
+        make_queue = getattr(scheduler, "pending_queue", None)
+        queue = make_queue() if callable(make_queue) else None
+        self.pending: Any = [] if queue is None else queue
         self.workers: Dict[str, RunningWorker] = {}
         self.by_pid: Dict[int, RunningWorker] = {}
         self.recent: deque = deque(maxlen=REPORT_WINDOW)
@@ -134,6 +141,7 @@ class Engine:
         self._seq = itertools.count()
         self.outbox = wire.Outbox(control)
         self._outbox_was_empty = True
+        self.flush_at: Optional[float] = None  # when queued entries go to the caller
         self.control_decoder = wire.Decoder()
         self.poller = Poller()
         self.wakeup_r, self.wakeup_w = os.pipe()
@@ -203,14 +211,17 @@ class Engine:
         return self.ending and not self.pending
 
     def _wait(self) -> None:
+        now = time.monotonic()
+        if self.flush_at is not None and self.flush_at <= now:
+            self._flush_outbox()
         timeout = None
         if self.deadlines:
-            timeout = max(0.0, self.deadlines[0][0] - time.monotonic())
-        if self.outbox:
-            self._flush_outbox()
+            timeout = max(0.0, self.deadlines[0][0] - now)
+        if self.flush_at is not None:
+            timeout = max(0.0, self.flush_at - now) if timeout is None else min(timeout, self.flush_at - now)
         self.poller.wait(timeout)
         self._expire_deadlines()
-        if self.outbox:
+        if self.flush_at is not None and self.flush_at <= time.monotonic():
             self._flush_outbox()
 
     # ------------------------------------------------------------- the caller
@@ -278,12 +289,19 @@ class Engine:
         self.stopping = "caller gone"
         self._stop_workers("caller gone")
 
-    def _send(self, message: Any) -> None:
+    def _send(self, message: Any, urgent: bool = True) -> None:
+        """Queue a message for the caller; entries wait a few milliseconds to go
+        out together (one wake-up of the caller for many), answers go at once."""
         if self.silent:
             return
         self.outbox.push(wire.encode(message))
+        if urgent or len(self.outbox) >= BATCH_BYTES:
+            self.flush_at = 0.0
+        elif self.flush_at is None:
+            self.flush_at = time.monotonic() + BATCH_DELAY
 
     def _flush_outbox(self) -> None:
+        self.flush_at = None
         try:
             done = self.outbox.flush()
         except OSError:  # the caller is gone
@@ -328,17 +346,28 @@ class Engine:
             final = {"status": status, "counts": self._counts(),
                      "error": TaylorError(f"the final report could not be sent: {exc}"), "failure": None}
             self.outbox.push(wire.encode(("final", final)))
-        try:
-            os.set_blocking(self.control, True)
-            while self.outbox and not self.outbox.flush():
-                pass
-        except OSError:
-            pass
-        finally:
-            try:
-                os.set_blocking(self.control, False)
-            except OSError:
-                pass
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Write out everything queued for the caller, whatever it does meanwhile.
+
+        What the caller sends now is read and dropped (the run is over), so a
+        caller blocked writing a large batch of instructions cannot deadlock
+        with a boss writing its final report.  Returns when all is written or
+        the caller is gone.
+        """
+        waiter = select.poll()
+        waiter.register(self.control, select.POLLIN | select.POLLOUT)
+        while self.outbox:
+            for _, events in waiter.poll():
+                if events & select.POLLOUT:
+                    try:
+                        self.outbox.flush()
+                    except OSError:  # the caller is gone
+                        return
+                if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    if wire.read_chunk(self.control) == b"":
+                        return
 
     # -------------------------------------------------------------- dispatching
     def _dispatch(self) -> None:
@@ -353,10 +382,11 @@ class Engine:
             return
         if later is not self.pending:
             self.pending = later if isinstance(later, list) else list(later)
-        for instructions in launch:
-            if self.stopping:
-                self.pending.insert(0, instructions)
-                continue
+        for position, instructions in enumerate(launch):
+            if self.stopping:  # starting one failed the run: the rest stays pending
+                for back in reversed(launch[position:]):
+                    self.pending.insert(0, back)  # a scheduler's queue takes insert(0, x)
+                break
             self._start(instructions)
         if not self.workers and self.pending and not launch:
             self._fail_run(CapacityError(
@@ -498,7 +528,7 @@ class Engine:
         ticket = worker.instructions.get("scheduler_ticket")
         if ticket is not None:
             sent["scheduler_ticket"] = ticket
-        self._send(("entry", sent))
+        self._send(("entry", sent), urgent=False)
         self.dirty = True
         if entry["status"] == FAILED and self.options.on_error == "abort" and self.failure is None \
                 and self.stopping is None:

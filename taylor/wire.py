@@ -117,17 +117,20 @@ def write_all(fd: int, data: bytes) -> None:
 class Outbox:
     """Bytes waiting to be written to a non-blocking ``fd``."""
 
-    __slots__ = ("fd", "_queue")
+    __slots__ = ("fd", "_queue", "_size")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._queue: Deque[memoryview] = deque()
+        self._size = 0
 
     def push(self, data: bytes) -> None:
         self._queue.append(memoryview(data))
+        self._size += len(data)
 
-    def __bool__(self) -> bool:
-        return bool(self._queue)
+    def __len__(self) -> int:
+        """Bytes waiting."""
+        return self._size
 
     def flush(self) -> bool:
         """Write as much as the channel takes now; True once all is written.
@@ -141,6 +144,7 @@ class Outbox:
                 written = os.write(self.fd, head)
             except BlockingIOError:
                 return False
+            self._size -= written
             if written == len(head):
                 queue.popleft()
             else:

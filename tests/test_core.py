@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -170,3 +172,43 @@ def test_worker_classes_defined_in_functions_work_if_defined_before_the_boss():
             boss.set_instructions(None, dict(too_late=[1]))
     finally:
         boss.close()
+
+
+@pytest.mark.timeout(60)
+def test_no_deadlock_when_a_large_final_report_meets_a_large_batch_of_instructions():
+    # The first worker fails at once; the final report (40,000 pending names) fills the channel
+    # while the caller is still writing another large batch: each side must not wait on the other.
+    boss = run_as_server(None, dict(fault=["raise"] + ["ok"] * 40000), scheduler=MaxThreadsScheduler(max_threads=1))
+    try:
+        time.sleep(0.5)
+        try:
+            boss.set_instructions(dict(noop=True), dict(value=list(range(40000))))
+        except KeyError:
+            pass  # the failure was already known: fine too
+        with pytest.raises(KeyError) as info:
+            boss.wait_till_finished()
+        assert len(info.value.report["pending"]) >= 40000 - 1
+    finally:
+        boss.close()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_multiprocessing_start_method_does_not_matter(method, tmp_path):
+    # taylor forks explicitly: a program that set another default start method still works,
+    # with a Worker class defined in __main__.
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import multiprocessing\n"
+        f"multiprocessing.set_start_method({method!r}, force=True)\n"
+        "from taylor import Worker, batch_main\n"
+        "class Double(Worker):\n"
+        "    _footprint = dict(attr=dict(double=dict(type=int)))\n"
+        "    def _task(self):\n"
+        "        return 2 * self.double\n"
+        "if __name__ == '__main__':\n"
+        "    report = batch_main(None, dict(double=[1, 2, 3]), print_report=False)\n"
+        "    print(sorted(w['report'] for w in report.workers))\n")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[2, 4, 6]"

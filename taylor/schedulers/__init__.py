@@ -1,13 +1,27 @@
 """Schedulers: which pending instructions may start now.
 
 Reach them through footprints (``footprints.proxy.scheduler(limit='threads',
-max_threads=4)``) or as plain classes (``MaxThreadsScheduler(max_threads=4)``).
+max_threads=4)``) or as plain classes (``MaxThreadsScheduler(max_threads=4)``):
+
+=====================================  ==========================================
+``fpx.scheduler(...)``                 class
+=====================================  ==========================================
+``nosort=True``                        :class:`LaxistScheduler`
+``limit='threads', max_threads=N``     :class:`MaxThreadsScheduler`
+``limit='memory', max_memory=MiB``     :class:`MaxMemoryScheduler`
+``limit='threads+memory', ...``        :class:`LongestFirstScheduler`
+``limit='threads', singlefile=True``   :class:`SingleOpenFileScheduler`
+=====================================  ==========================================
 """
 
 from .base import BaseScheduler
+from .longest_first import LongestFirstScheduler
+from .memory import MaxMemoryScheduler
+from .single_file import SingleOpenFileScheduler
 from .threads import LaxistScheduler, MaxThreadsScheduler
 
-__all__ = ["BaseScheduler", "LaxistScheduler", "MaxThreadsScheduler", "default_scheduler"]
+__all__ = ["BaseScheduler", "LaxistScheduler", "MaxThreadsScheduler", "MaxMemoryScheduler",
+           "LongestFirstScheduler", "SingleOpenFileScheduler", "default_scheduler"]
 
 
 def default_scheduler() -> BaseScheduler:

@@ -2,13 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Set
+from collections import deque
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 from ..errors import InstructionsError
-from .base import BaseScheduler, Decision, Pending, Running
+from .base import BaseScheduler, Decision, Pending, Running, owns_queue, range_tickets
+from .binding import BindToTicket, socket_packed_cpus
 from .host import usable_cpus
+from .queues import PackedFifo
 
-__all__ = ["LaxistScheduler", "MaxThreadsScheduler"]
+__all__ = ["LaxistScheduler", "MaxThreadsScheduler", "BINDED_ATTR", "BindingMixin", "take_front"]
+
+#: Footprint attribute shared by the schedulers that can bind workers to CPUs.
+BINDED_ATTR = dict(
+    info="Pin each worker to one CPU (its ticket), distinct among running workers.",
+    type=bool,
+    optional=True,
+    default=False,
+)
+
+
+class BindingMixin:
+    """Adds the binding hook to ``_workers_hooks`` when the scheduler's ``binded`` is true."""
+
+    _binding_hook: Optional[BindToTicket] = None
+
+    def binding_cpus(self) -> List[int]:
+        """The CPUs tickets map to: this process's CPUs, socket-packed (see :mod:`.binding`)."""
+        if self._binding_hook is None:
+            self._binding_hook = BindToTicket(socket_packed_cpus())
+        return self._binding_hook.cpus
+
+    def _workers_hooks(self) -> List[Callable[[Any], None]]:
+        hooks = list(super()._workers_hooks())  # type: ignore[misc]
+        if getattr(self, "binded", False):
+            self.binding_cpus()
+            hooks.append(self._binding_hook)
+        return hooks
+
+
+def take_front(pending: Pending, count: int) -> List[Any]:
+    """Remove and return the first ``count`` pending instructions (O(count) on a deque or a PackedFifo)."""
+    if isinstance(pending, (deque, PackedFifo)):
+        return [pending.popleft() for _ in range(min(count, len(pending)))]
+    launch = list(pending[:count])
+    del pending[:count]
+    return launch
 
 
 class LaxistScheduler(BaseScheduler):
@@ -19,6 +58,7 @@ class LaxistScheduler(BaseScheduler):
         attr=dict(
             nosort=dict(
                 info="Select this scheduler: start everything at once.",
+                alias=("laxist", "unsorted"),
                 values=[True],
                 type=bool,
             ),
@@ -33,14 +73,15 @@ class LaxistScheduler(BaseScheduler):
     def launchable(self, pending: Pending, workers: Running, report: Sequence[Mapping]) -> Decision:
         launch = list(pending)
         del pending[:]
-        return launch, pending
+        return self._assign_tickets(workers, launch), pending
 
 
-class MaxThreadsScheduler(BaseScheduler):
+class MaxThreadsScheduler(BindingMixin, BaseScheduler):
     """Starts pending instructions in order, never more than ``max_threads`` at once.
 
     ``max_threads=0`` means the CPUs this job may use (see
-    :func:`taylor.schedulers.host.usable_cpus`).
+    :func:`taylor.schedulers.host.usable_cpus`).  With ``binded=True`` each
+    worker is pinned to the CPU of its ticket.
     """
 
     _footprint = dict(
@@ -58,6 +99,7 @@ class MaxThreadsScheduler(BaseScheduler):
                 optional=True,
                 default=0,
             ),
+            binded=BINDED_ATTR,
         ),
     )
 
@@ -74,13 +116,17 @@ class MaxThreadsScheduler(BaseScheduler):
         """The cap actually in force (``max_threads``, or the usable CPUs for 0)."""
         return self._limit
 
-    def _all_tickets(self) -> Set[Any]:
-        return set(range(self._limit))
+    _all_tickets = range_tickets
 
+    def _ticket_count(self) -> int:
+        return self._limit
+
+    def _new_queue(self) -> PackedFifo:
+        return PackedFifo()
+
+    @owns_queue
     def launchable(self, pending: Pending, workers: Running, report: Sequence[Mapping]) -> Decision:
         room = self._limit - len(workers)
         if room <= 0:
             return [], pending
-        launch = list(pending[:room])
-        del pending[:room]
-        return self._assign_tickets(workers, launch), pending
+        return self._assign_tickets(workers, take_front(pending, room)), pending
