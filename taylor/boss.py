@@ -217,8 +217,8 @@ class Boss:
     def _receive(self) -> Optional[bool]:
         """Read what is waiting: True if something came, False at end of stream, None if nothing yet.
 
-        SIGINT/SIGTERM are held meanwhile: a handler that raises between the
-        read and the decoding would lose what was read.
+        SIGINT/SIGTERM are held meanwhile (the read never blocks): a handler
+        that raises between the read and the decoding would lose what was read.
         """
         with _signals_deferred():
             return self._receive_now()
@@ -497,6 +497,16 @@ class Boss:
     def __repr__(self) -> str:
         state = "ended" if self._final is not None else "running"
         return f"<taylor.Boss{self._label()} pid={self.pid} {state}, {len(self._entries)} entries>"
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM during a short, non-blocking step; deliver them after."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
