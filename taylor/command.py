@@ -149,7 +149,8 @@ def _plain_words(command: str):
 
 
 def _shell(command: str, out: int, err: int, env: Mapping[Any, Any]) -> int:
-    """Run ``command`` through /bin/sh with stdin from /dev/null; return its exit code (-N: signal N).
+    """Run ``command`` as ``/bin/sh -c`` would (directly when it is a plain program call, see
+    :func:`_plain_words`), stdin from /dev/null; return its exit code (-N: killed by signal N).
 
     ``os.posix_spawn`` (a vfork under the hood) costs a fraction of a fork of
     this process, which matters for batches of short commands.  Python
