@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import weakref
 from multiprocessing.connection import wait as _wait
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
@@ -92,6 +93,7 @@ class Boss:
         self._visible = frozenset(worker_classes())
         self._names: set = set()
         self._entries: List[Dict[str, Any]] = []
+        self._given = 0  # entries already handed out by wait_for_entries()
         self._submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
         self._decoder = wire.Decoder()
         self._status: Optional[Dict[str, Any]] = None
@@ -185,10 +187,21 @@ class Boss:
         elif kind == "final":
             self._on_final(payload)
 
-    def _pump(self, until, block: bool = True) -> None:
-        """Receive messages until ``until()`` holds; raise if the boss died first."""
+    def _pump(self, until, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Receive messages until ``until()`` holds; raise if the boss died first.
+
+        Returns early when nothing is waiting (``block=False``) or after
+        ``timeout`` seconds without ``until()`` holding.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not until():
-            ready = _wait([self._fd, self._sentinel], None if block else 0)
+            if not block:
+                wait_for = 0.0
+            elif deadline is None:
+                wait_for = None
+            else:
+                wait_for = max(0.0, deadline - time.monotonic())
+            ready = _wait([self._fd, self._sentinel], wait_for)
             if not ready:
                 return
             if self._fd in ready:
@@ -203,7 +216,15 @@ class Boss:
             return
 
     def _receive(self) -> Optional[bool]:
-        """Read what is waiting: True if something came, False at end of stream, None if nothing yet."""
+        """Read what is waiting: True if something came, False at end of stream, None if nothing yet.
+
+        SIGINT/SIGTERM are held meanwhile (the read never blocks): a handler
+        that raises between the read and the decoding would lose what was read.
+        """
+        with _signals_deferred():
+            return self._receive_now()
+
+    def _receive_now(self) -> Optional[bool]:
         try:
             data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -377,6 +398,45 @@ class Boss:
         self._raise_failure()
         return self._final
 
+    @property
+    def ended(self) -> bool:
+        """True once the run is over (its final report has arrived, or the boss is gone)."""
+        return self._final is not None or self._reaped
+
+    def wait_for_entries(self, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
+        """The worker entries that arrived since the last call, in the order the workers ended.
+
+        Blocks until at least one new entry arrives, the run ends (see
+        :attr:`ended`), or ``timeout`` seconds pass (then the list may be
+        empty).  The wait is the same event-driven wait as everywhere else:
+        ``timeout`` only bounds it, for callers that refresh a display.  The
+        run's failure is not raised here (its entry is returned like any
+        other); :meth:`wait_till_finished` gives the final report or raises it.
+        On SIGINT or SIGTERM while waiting, stops the workers and raises like
+        :meth:`wait_till_finished`.
+        """
+        if not self.ended:
+            try:
+                with _signals_raise():
+                    self._pump(lambda: len(self._entries) > self._given or self._final is not None,
+                               timeout=timeout)
+            except (KeyboardInterrupt, Interrupted) as exc:
+                exc.report = self._abort()
+                raise
+            except BossDiedError:
+                pass  # the entries received before are returned; wait_till_finished raises it
+        new = self._entries[self._given:]
+        self._given = len(self._entries)
+        return new
+
+    def entries(self) -> Iterator[Dict[str, Any]]:
+        """Yield each worker's entry as it ends, until the run is over (see :meth:`wait_for_entries`)."""
+        while True:
+            ended = self.ended
+            yield from self.wait_for_entries()
+            if ended and self._given == len(self._entries):
+                return
+
     def end(self) -> None:
         """Tell the boss no more instructions will come; it ends once all pending work is done."""
         if not self._ended and self._final is None and not self._reaped:
@@ -446,6 +506,16 @@ class Boss:
     def __repr__(self) -> str:
         state = "ended" if self._final is not None else "running"
         return f"<taylor.Boss{self._label()} pid={self.pid} {state}, {len(self._entries)} entries>"
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM during a short, non-blocking step; deliver them after."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
