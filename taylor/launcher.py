@@ -11,7 +11,6 @@ calls.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -30,7 +29,7 @@ def _load_prctl() -> Callable[..., int]:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # libc is in the program's namespace; no ldconfig run
         return libc.prctl
     except (OSError, AttributeError):
         return None
