@@ -347,6 +347,7 @@ def test_fit_queue_pops_the_first_fitting_like_a_scan_does():
 def test_packed_store_gives_back_what_it_was_given_and_frees_segments():
     store = PackedStore()
     store.SEGMENT = 4096
+    store.PACK_AFTER = 0  # pack from the first item
     items = [{"name": f"t{i}", "blob": "x" * (i * 37 % 500)} for i in range(200)]
     handles = [store.put(item) for item in items]
     assert len(store._segments) > 5
@@ -356,6 +357,15 @@ def test_packed_store_gives_back_what_it_was_given_and_frees_segments():
     hook = store.put(lambda worker: None)  # unpicklable: kept as an object
     assert callable(store.take(hook))
     assert [store.get(h) for h in handles[150:]] == items[150:]
+
+
+def test_packed_store_packs_only_long_queues():
+    store = PackedStore()
+    store.PACK_AFTER = 3
+    handles = [store.put({"i": i}) for i in range(5)]
+    assert [h < 0 for h in handles] == [True, True, True, False, False]  # kept, kept, kept, packed...
+    assert [store.take(h) for h in handles] == [{"i": i} for i in range(5)]
+    assert store.put({"i": 5}) < 0  # short again: kept as an object
 
 
 def test_resident_memory_of_a_process_tree_is_measured():

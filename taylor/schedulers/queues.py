@@ -52,24 +52,29 @@ class PackedStore:
     A handle is ``segment << 32 | offset``; the item's length is written
     before it.  A segment is unmapped as soon as its last item is taken.  An
     item that cannot be pickled (rare: a hook built by a custom scheduler) is
-    kept as an object, under a negative handle.
+    kept as an object, under a negative handle; so are items put while the
+    store holds fewer than ``PACK_AFTER``: a short queue costs forks nothing,
+    and pickling it would only cost the boss time on every start.
     """
 
     SEGMENT = 4 << 20
+    PACK_AFTER = 2000
 
     def __init__(self) -> None:
         self._segments: Dict[int, _Segment] = {}
         self._current = -1
         self._objects: Dict[int, Any] = {}
         self._ids = itertools.count(-1, -1)
+        self._live = 0
 
     def put(self, item: Any) -> int:
+        self._live += 1
+        if self._live <= self.PACK_AFTER:
+            return self._keep(item)
         try:
             data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # noqa: BLE001 - keep it as it is
-            handle = next(self._ids)
-            self._objects[handle] = item
-            return handle
+            return self._keep(item)
         size = _LENGTH.size + len(data)
         segment = self._segments.get(self._current)
         if segment is None or segment.used + size > len(segment.buffer):
@@ -82,6 +87,11 @@ class PackedStore:
         segment.live += 1
         return self._current << 32 | offset
 
+    def _keep(self, item: Any) -> int:
+        handle = next(self._ids)
+        self._objects[handle] = item
+        return handle
+
     def get(self, handle: int) -> Any:
         if handle < 0:
             return self._objects[handle]
@@ -91,6 +101,7 @@ class PackedStore:
         return pickle.loads(buffer[offset:offset + length])
 
     def drop(self, handle: int) -> None:
+        self._live -= 1
         if handle < 0:
             del self._objects[handle]
             return
