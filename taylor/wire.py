@@ -138,6 +138,10 @@ class Outbox:
         Raises :class:`BrokenPipeError` when the reader is gone.
         """
         queue = self._queue
+        if len(queue) > 1:  # one write (one wake-up of the reader) for all that waits
+            joined = memoryview(b"".join(queue))
+            queue.clear()
+            queue.append(joined)
         while queue:
             head = queue[0]
             try:
