@@ -124,7 +124,7 @@ def idle_cpu(which: str, seconds: float = 5.0) -> float:
         import taylorism
         from taylorism.examples import Sleeper  # noqa: F401
 
-        boss = taylorism.run_as_server(None, dict(sleeping_time=[seconds] * 2),
+        boss = taylorism.run_as_server({}, dict(sleeping_time=[seconds] * 2),  # it needs a dict
                                        scheduler=footprints.proxy.scheduler(limit="threads", max_threads=THREADS))
         pid = boss._process.pid
     time.sleep(0.5)
