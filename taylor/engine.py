@@ -580,14 +580,16 @@ class Engine:
 
     # ------------------------------------------------------- stopping, deadlines
     def _stop_workers(self, why: str) -> None:
-        for worker in list(self.workers.values()):
-            self._terminate(worker)
+        workers = [w for w in self.workers.values() if not (w.finished or w.stop_requested)]
+        trees = LocalProcesses.descendants(w.pid for w in workers) if workers else {}
+        for worker in workers:
+            self._terminate(worker, trees[worker.pid])
 
-    def _terminate(self, worker: RunningWorker) -> None:
+    def _terminate(self, worker: RunningWorker, others: Optional[list] = None) -> None:
         if worker.finished or worker.stop_requested:
             return
         worker.stop_requested = True
-        worker.others = [p for p in LocalProcesses.descendants(worker.pid)]
+        worker.others = LocalProcesses.descendants([worker.pid])[worker.pid] if others is None else others
         LocalProcesses.signal(worker.pid, signal.SIGTERM, worker.others)
         self._at(self.options.stop_grace, self._on_grace_over, worker)
 
