@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-
 import psutil
 import pytest
+from processes import gone, kill
 
 
 def _descendants() -> dict:
@@ -25,23 +22,7 @@ def no_leftover_processes():
     """Fail a test that leaves a process it started; kill such processes (by PID, ours only)."""
     before = _descendants()
     yield
-    deadline = time.monotonic() + 5.0
-    while True:
-        left = {pid: ct for pid, ct in _descendants().items() if before.get(pid) != ct}
-        alive = []
-        for pid in left:
-            try:
-                proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(proc)
-            except psutil.Error:
-                pass
-        if not alive or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for proc in alive:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-    assert not alive, f"processes left running by the test: {[(p.pid, p.cmdline()) for p in alive]}"
+    left = [pid for pid, created in _descendants().items() if before.get(pid) != created]
+    alive = gone(left, within=5.0)
+    kill(alive)
+    assert not alive, f"processes left running by the test: {alive}"

@@ -17,36 +17,14 @@ import faultworkers  # noqa: F401 - registers the fault workers before any Boss 
 import psutil
 import pytest
 import workers as _core_workers  # noqa: F401 - registers Noop
+from processes import gone as _gone
+from processes import kill as _kill
 
 import taylor
 from taylor import Boss, batch_main, run_as_server
 from taylor.schedulers import BaseScheduler, LaxistScheduler, MaxThreadsScheduler
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def _gone(pids, within: float = 5.0) -> list:
-    """Wait until none of ``pids`` runs (zombies count as ended); return those still running."""
-    deadline = time.monotonic() + within
-    while True:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.Error:
-                pass
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.02)
-
-
-def _kill(pids) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _entry(report, name):

@@ -21,6 +21,9 @@ import faultworkers  # noqa: F401 - registers the fault workers before any Boss 
 import psutil
 import pytest
 import workers as _core_workers  # noqa: F401 - registers Noop
+from processes import alive as _alive
+from processes import gone as _gone
+from processes import kill as _kill
 
 import taylor
 from taylor import Boss, run_as_server
@@ -30,33 +33,6 @@ pytestmark = pytest.mark.timeout(40)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-
-
-def _alive(pids) -> list:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.Error:
-            pass
-    return alive
-
-
-def _gone(pids, within: float = 5.0) -> list:
-    """Wait until none of ``pids`` runs; return those still running."""
-    deadline = time.monotonic() + within
-    while _alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return _alive(pids)
-
-
-def _kill(pids) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _until(condition, within: float = 10.0, what: str = "condition"):

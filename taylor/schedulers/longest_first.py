@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InstructionsError
 from .base import Running, expected_time_of, range_tickets
-from .host import usable_cpus
 from .memory import MaxMemoryScheduler
+from .threads import thread_cap
 
 __all__ = ["LongestFirstScheduler"]
 
@@ -48,9 +47,7 @@ class LongestFirstScheduler(MaxMemoryScheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.max_threads < 0:
-            raise InstructionsError(f"max_threads must be 0 (all usable CPUs) or more, got {self.max_threads}")
-        self._limit = self.max_threads or usable_cpus()
+        self._limit = thread_cap(self.max_threads)
 
     @property
     def threads(self) -> int:

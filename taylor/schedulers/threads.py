@@ -22,6 +22,13 @@ BINDED_ATTR = dict(
 )
 
 
+def thread_cap(max_threads: int) -> int:
+    """The cap ``max_threads`` stands for: itself, or the CPUs this job may use for 0."""
+    if max_threads < 0:
+        raise InstructionsError(f"max_threads must be 0 (all usable CPUs) or more, got {max_threads}")
+    return max_threads or usable_cpus()
+
+
 class BindingMixin:
     """Adds the binding hook to ``_workers_hooks`` when the scheduler's ``binded`` is true."""
 
@@ -107,9 +114,7 @@ class MaxThreadsScheduler(BindingMixin, BaseScheduler):
         if not args:  # a plain-class call: MaxThreadsScheduler(max_threads=4)
             kwargs.setdefault("limit", "threads")
         super().__init__(*args, **kwargs)
-        if self.max_threads < 0:
-            raise InstructionsError(f"max_threads must be 0 (all usable CPUs) or more, got {self.max_threads}")
-        self._limit = self.max_threads or usable_cpus()
+        self._limit = thread_cap(self.max_threads)
 
     @property
     def threads(self) -> int:
