@@ -341,8 +341,10 @@ class Boss:
                     hint = "" if "sharedmemory_common_instructions" in str(row_exc) else (
                         ". Give large or unpicklable objects through sharedmemory_common_instructions, "
                         "or a path to a file")
+                    why = "they are too large" if isinstance(row_exc, wire.MessageTooLarge) else \
+                        "they cannot be pickled"
                     raise InstructionsError(
-                        f"the instructions of worker {row['name']!r} cannot be sent to the boss: "
+                        f"the instructions of worker {row['name']!r} cannot be sent to the boss, {why}: "
                         f"{type(row_exc).__name__}: {row_exc}{hint}") from row_exc
             raise InstructionsError(f"a batch of {len(chunk)} instructions cannot be sent to the boss: "
                                     f"{type(exc).__name__}: {exc}; send fewer at once") from exc
