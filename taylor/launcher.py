@@ -78,8 +78,29 @@ def spawn(argvs: List[List[str]], out: int, err: int, env: Mapping[Any, Any], **
     raise ValueError("nothing to run")
 
 
+def _spare_fds() -> int:
+    """How many more descriptors this process may open (a guess where it cannot tell).
+
+    A direct task holds two in the boss (its stdout and stderr) where a
+    worker process holds one (its report channel): direct tasks may use half
+    of what is spare, so that many running tasks fall back to worker
+    processes rather than exhaust the boss's descriptors.
+    """
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        used = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+    except (ImportError, OSError, ValueError):
+        return 256
+    if limit == resource.RLIM_INFINITY:
+        limit = 1 << 20
+    return max(0, limit - used)
+
+
 class LocalProcesses:
-    """Starts workers as forked children of the (single-threaded) boss.
+    """Starts workers as forked children of the (single-threaded) boss, or
+    a direct task's program as a spawned child.
 
     ``private_fds`` returns the boss's own descriptors (control channel,
     poller, other workers' channels...), which every child closes at once so
@@ -91,6 +112,8 @@ class LocalProcesses:
         self._max_report_bytes = max_report_bytes
         self._boss_pid = os.getpid()
         self._sigpipe = signal.getsignal(signal.SIGPIPE)  # the caller's; the boss ignores SIGPIPE
+        self._direct_fds = 0
+        self._fd_budget = _spare_fds() // 2
 
     def start(self, cls: type, attributes: Mapping[str, Any]) -> Tuple[int, Optional[int], Optional[DirectSpec]]:
         """Start a worker running ``cls(attributes)._task()``; return (pid, report fd, None).
@@ -101,7 +124,7 @@ class LocalProcesses:
         process, no report channel; the report is made at its end by
         :meth:`direct_outcome`.
         """
-        if direct_capable(cls):
+        if direct_capable(cls) and self._direct_fds + 2 <= self._fd_budget:
             spec = self._start_direct(cls, attributes)
             if spec is not None:
                 return spec.pid, None, spec
@@ -140,6 +163,7 @@ class LocalProcesses:
         if spec is None:
             return None
         spec.worker = worker
+        self._direct_fds += len(spec.fds)
         # posix_spawn keeps inheritable descriptors: those of the boss must not reach the program.
         closes = []
         for fd in self._private_fds():
@@ -160,10 +184,11 @@ class LocalProcesses:
         """The outcome message for a direct task whose program ended with ``exitcode``."""
         return direct_outcome(spec, exitcode, time.monotonic() - spec.start, self._max_report_bytes)
 
-    @staticmethod
-    def release(spec: DirectSpec) -> None:
+    def release(self, spec: DirectSpec) -> None:
         """Close what a direct task held in the boss."""
-        for fd in spec.fds:
+        fds = spec.fds
+        self._direct_fds -= len(fds)
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
