@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import string
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from .errors import InstructionsError, WorkerError, describe_exit
-from .worker import Worker
+from .launcher import spawn
+from .worker import DirectSpec, Worker
 
 __all__ = ["CommandWorker", "CommandFailed", "template_keys", "render", "check_template"]
 
@@ -148,30 +148,24 @@ def _plain_words(command: str):
     return words
 
 
+def _argvs(command: str) -> List[List[str]]:
+    """The argument lists to try, in order, to run ``command`` as ``/bin/sh -c`` would."""
+    words = _plain_words(command)
+    shell = ["/bin/sh", "-c", command]
+    return [shell] if words is None else [words, shell]
+
+
+def _environ() -> Mapping[Any, Any]:
+    # os.environb shares os.environ's data, and spares encoding every variable again.
+    return os.environb if os.supports_bytes_environ else os.environ
+
+
 def _shell(command: str, out: int, err: int, env: Mapping[Any, Any]) -> int:
     """Run ``command`` as ``/bin/sh -c`` would (directly when it is a plain program call, see
-    :func:`_plain_words`), stdin from /dev/null; return its exit code (-N: killed by signal N).
-
-    ``os.posix_spawn`` (a vfork under the hood) costs a fraction of a fork of
-    this process, which matters for batches of short commands.  Python
-    ignores SIGPIPE; the command gets it back at its default, as from a shell.
-    """
+    :func:`_plain_words`), stdin from /dev/null; return its exit code (-N: killed by signal N)."""
     if not hasattr(os, "posix_spawn"):
         return subprocess.call(command, shell=True, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
-    defaults = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGINT") if hasattr(signal, name)]
-    words = _plain_words(command)
-    pid = None
-    if words is not None:
-        try:
-            pid = os.posix_spawnp(words[0], words, env, file_actions=actions, setsigdef=defaults)
-        except OSError:  # not found, not executable...: let the shell run it and say why
-            pid = None
-    if pid is None:
-        pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env, file_actions=actions,
-                             setsigdef=defaults)
-    _, status = os.waitpid(pid, 0)
+    _, status = os.waitpid(spawn(_argvs(command), out, err, env), 0)
     return os.waitstatus_to_exitcode(status)
 
 
@@ -190,6 +184,10 @@ class CommandWorker(Worker):
     (timeout, failure elsewhere, SIGTERM to the run) stops it and whatever it
     started.  It finds ``TAYLOR_WORKER_NAME`` (and, when the scheduler hands
     out tickets, ``TAYLOR_TICKET``) in its environment.
+
+    Unless hooks must run first (``--bind``), the boss starts the command
+    itself (:meth:`_direct_spec`): the command is then the worker process,
+    with the same report, failures and logs, one fork of Python cheaper.
     """
 
     _footprint = dict(
@@ -227,26 +225,38 @@ class CommandWorker(Worker):
         safe = str(self.name).replace(os.sep, "_")
         paths = os.path.join(self.logdir, safe + ".out"), os.path.join(self.logdir, safe + ".err")
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        return os.open(paths[0], flags, 0o644), os.open(paths[1], flags, 0o644), paths[0], paths[1]
+        out = os.open(paths[0], flags, 0o644)
+        try:
+            return out, os.open(paths[1], flags, 0o644), paths[0], paths[1]
+        except BaseException:  # the boss opens these too: leak nothing
+            os.close(out)
+            raise
 
-    def _task(self) -> Dict[str, Any]:
+    def _command(self) -> str:
         command = self.command
         if "{" in command or "}" in command:
             command = render(command, self._values())
+        return command
+
+    def _task(self) -> Dict[str, Any]:
+        command = self._command()
         os.environ["TAYLOR_WORKER_NAME"] = str(self.name)  # this process is the worker's own
         if self.scheduler_ticket is not None:
             os.environ["TAYLOR_TICKET"] = str(self.scheduler_ticket)
         out, err, out_path, err_path = self._open_logs()
         try:
             start = time.monotonic()
-            # os.environb shares os.environ's data, and spares encoding every variable again.
-            code = _shell(command, out, err, os.environb if os.supports_bytes_environ else os.environ)
-            duration = time.monotonic() - start
-            result = dict(command=command, exit_code=code, duration=duration,
-                          stdout_tail=_tail(out, self.tail), stderr_tail=_tail(err, self.tail))
+            code = _shell(command, out, err, _environ())
+            return self._result(command, code, time.monotonic() - start, out, err, out_path, err_path)
         finally:
             os.close(out)
             os.close(err)
+
+    def _result(self, command: str, code: int, duration: float, out: int, err: int,
+                out_path: Optional[str], err_path: Optional[str]) -> Dict[str, Any]:
+        """The report of a command that ended with ``code``; raises CommandFailed unless it is 0."""
+        result = dict(command=command, exit_code=code, duration=duration,
+                      stdout_tail=_tail(out, self.tail), stderr_tail=_tail(err, self.tail))
         if out_path:
             result.update(stdout_log=out_path, stderr_log=err_path)
         if code != 0:
@@ -255,3 +265,26 @@ class CommandWorker(Worker):
             raise CommandFailed(f"command {command!r} failed ({describe_exit(code)}) after {duration:.3g} s{said}",
                                 worker=self.name, **result)
         return result
+
+    def _direct_spec(self) -> Optional[DirectSpec]:
+        """The command for the boss to start itself, the same as ``_task`` would, or None.
+
+        None (a worker process runs ``_task``) when a subclass has its own
+        ``_task``, when hooks must run in the worker's process (``--bind``),
+        or where ``os.posix_spawn`` is missing.
+        """
+        if type(self)._task is not CommandWorker._task or self.scheduler_hooks or not hasattr(os, "posix_spawn"):
+            return None
+        command = self._command()
+        environ = _environ()
+        env = dict(environ)
+        encode = os.fsencode if environ is os.environb else str
+        env[encode("TAYLOR_WORKER_NAME")] = encode(str(self.name))
+        if self.scheduler_ticket is not None:
+            env[encode("TAYLOR_TICKET")] = encode(str(self.scheduler_ticket))
+        out, err, out_path, err_path = self._open_logs()
+        return DirectSpec(_argvs(command), env, out, err, context=(command, out_path, err_path))
+
+    def _direct_report(self, spec: DirectSpec, exitcode: int, duration: float) -> Dict[str, Any]:
+        command, out_path, err_path = spec.context
+        return self._result(command, exitcode, duration, spec.stdout, spec.stderr, out_path, err_path)

@@ -42,7 +42,7 @@ from .instructions import Instructions, resolve
 from .launcher import LocalProcesses
 from .poller import READ, WRITE, Poller
 from .report import DONE, FAILED, STOPPED
-from .worker import OK, RAISED, UNSENDABLE
+from .worker import OK, RAISED, UNSENDABLE, DirectSpec
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
 
@@ -85,11 +85,13 @@ class Options:
 class RunningWorker:
     """A running worker as schedulers see it: its instructions are attributes too."""
 
-    def __init__(self, instructions: Dict[str, Any], pid: int, fd: int) -> None:
+    def __init__(self, instructions: Dict[str, Any], pid: int, fd: Optional[int],
+                 direct: Optional[DirectSpec] = None) -> None:
         self.instructions = instructions
         self.name: str = instructions["name"]
         self.pid = pid
-        self.fd = fd
+        self.fd = fd  # None: a direct run (the program itself), which has no report channel
+        self.direct = direct
         self.start_time = time.time()
         self.memory = float(getattr(instructions, "memory", instructions.get("memory", 0.0)) or 0.0)
         self.expected_time = float(getattr(instructions, "expected_time", instructions.get("expected_time", 0.0))
@@ -97,7 +99,7 @@ class RunningWorker:
         self.scheduler_ticket = instructions.get("scheduler_ticket")
         self.decoder = wire.Decoder()
         self.outcome: Optional[tuple] = None
-        self.channel_open = True
+        self.channel_open = fd is not None
         self.finished = False
         self.timed_out = False
         self.stop_requested = False
@@ -158,7 +160,11 @@ class Engine:
         fds += self.inherited_fds
         if self.caller_fd is not None:
             fds.append(self.caller_fd)
-        fds += [w.fd for w in self.workers.values() if w.channel_open]
+        for worker in self.workers.values():
+            if worker.channel_open:
+                fds.append(worker.fd)
+            if worker.direct is not None:
+                fds += worker.direct.fds
         return fds
 
     def _setup(self) -> None:
@@ -429,11 +435,13 @@ class Engine:
             except TaylorError as exc:
                 self._fail_run(exc)
                 return
-        pid, fd = self.launcher.start(instructions.worker_class, instructions.attributes(self.options.shared))
-        worker = RunningWorker(instructions, pid, fd)
+        pid, fd, direct = self.launcher.start(instructions.worker_class,
+                                              instructions.attributes(self.options.shared))
+        worker = RunningWorker(instructions, pid, fd, direct)
         self.workers[worker.name] = worker
         self.by_pid[pid] = worker
-        self.poller.register(fd, lambda _fd, _mask: self._read_report(worker))
+        if fd is not None:
+            self.poller.register(fd, lambda _fd, _mask: self._read_report(worker))
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
         if timeout is not None:
             self._at(timeout, self._on_timeout, worker)
@@ -504,6 +512,8 @@ class Engine:
         """Turn an ended worker into its one entry, and act on it."""
         self._read_report(worker)  # all it wrote is in the pipe by now
         self._close_channel(worker)
+        if worker.direct is not None:
+            exitcode = self._direct_end(worker, exitcode)
         worker.finished = True
         del self.workers[worker.name]
         LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)  # strays left in its group
@@ -562,6 +572,23 @@ class Engine:
             self.stopping = "abort"
             self._stop_workers("abort")
 
+    def _direct_end(self, worker: RunningWorker, exitcode: int) -> int:
+        """Make the outcome of a direct run, as its worker process would have sent it; return the
+        exit code that worker process would have had.
+
+        A program the boss stopped (timeout, abort, STOP_RIGHTNOW) has no
+        report, like a worker process killed before it could send one; one
+        that had ended before the boss came to stop it has its report.
+        """
+        spec = worker.direct
+        try:
+            if (worker.stop_requested or worker.timed_out) and not spec.ended_first:
+                return exitcode
+            worker.outcome = self.launcher.direct_outcome(spec, exitcode)
+            return 0  # a worker process exits 0 once it has sent its report
+        finally:
+            self.launcher.release(spec)
+
     def _log(self, entry: Dict[str, Any]) -> None:
         if entry["status"] == FAILED:
             log.error("worker %s failed: %s", entry["name"], entry["report"])
@@ -589,6 +616,8 @@ class Engine:
         if worker.finished or worker.stop_requested:
             return
         worker.stop_requested = True
+        if worker.direct is not None:
+            worker.direct.ended_first = self.launcher.has_ended(worker.pid)
         worker.others = LocalProcesses.descendants([worker.pid])[worker.pid] if others is None else others
         LocalProcesses.signal(worker.pid, signal.SIGTERM, worker.others)
         self._at(self.options.stop_grace, self._on_grace_over, worker)

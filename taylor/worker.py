@@ -14,7 +14,7 @@ import os
 import pickle
 import sys
 import traceback
-from typing import Any, Dict, List, Mapping, NoReturn, Optional
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
 
 import footprints
 from bronx.patterns import observer
@@ -24,7 +24,7 @@ from footprints.stdtypes import FPList
 from . import wire
 from .errors import ReportError, WorkerError
 
-__all__ = ["Worker", "run_child", "prepare_class", "instantiate"]
+__all__ = ["Worker", "DirectSpec", "run_child", "prepare_class", "instantiate", "direct_capable", "direct_outcome"]
 
 #: Outcome tags of the one message a worker sends back.
 OK, RAISED, UNSENDABLE = "ok", "raised", "unsendable"
@@ -99,6 +99,23 @@ class Worker(FootprintBase):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement _task()")
 
+    def _direct_spec(self) -> Optional[DirectSpec]:
+        """The program this task only runs, for the boss to start it itself; None: fork a worker.
+
+        Called in the boss.  A class whose task is just a program run saves a
+        fork of the Python boss per task this way; it must return None
+        whenever running the program directly would not behave exactly as
+        ``_task`` (hooks to run in the worker, a subclass's own ``_task``...).
+        """
+        return None
+
+    def _direct_report(self, spec: DirectSpec, exitcode: int, duration: float) -> Any:
+        """The report of a task run from :meth:`_direct_spec`, in the boss, once its program ended.
+
+        Return what ``_task`` would have returned, or raise what it would have raised.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement _direct_report() with _direct_spec()")
+
     @staticmethod
     def binding() -> List[Optional[int]]:
         """The CPUs this process may run on, ``[None]`` when it may use all of them."""
@@ -106,6 +123,35 @@ class Worker(FootprintBase):
 
         cpus = process_cpus()
         return [None] if set(cpus) >= set(all_cpus()) else sorted(cpus)
+
+
+class DirectSpec:
+    """A program run that stands for a whole task (see :meth:`Worker._direct_spec`).
+
+    ``argvs`` are tried in order (``os.posix_spawnp``) until one starts; the
+    program gets ``env``, stdin from /dev/null, ``stdout`` and ``stderr`` (open
+    descriptors the launcher closes when the task is over), its own process
+    group and default signal dispositions.  ``context`` is the worker's own,
+    for its report.
+    """
+
+    __slots__ = ("argvs", "env", "stdout", "stderr", "context", "worker", "pid", "start", "ended_first")
+
+    def __init__(self, argvs: Sequence[Sequence[str]], env: Mapping[Any, Any], stdout: int, stderr: int,
+                 context: Any = None) -> None:
+        self.argvs = argvs
+        self.env = env
+        self.stdout = stdout
+        self.stderr = stderr
+        self.context = context
+        self.worker: Optional[Worker] = None  # set by the launcher
+        self.pid = 0  # the program's, once started
+        self.start = 0.0  # time.monotonic() when the program was started
+        self.ended_first = False  # it had ended already when the boss came to stop it
+
+    @property
+    def fds(self) -> List[int]:
+        return [fd for fd in (self.stdout, self.stderr) if fd >= 0]
 
 
 def _sendable_exception(exc: BaseException) -> BaseException:
@@ -139,6 +185,48 @@ def prepare_class(cls: type) -> None:
         plain = cls.__init__ is FootprintBase.__init__ and all(
             isinstance(o, footprints.collectors.Collector) for o in board.observers())
         _fast_boards[cls] = board if plain else None
+
+
+#: Per class: can its tasks run without a worker process (see Worker._direct_spec)?
+_direct_classes: Dict[type, bool] = {}
+
+
+def direct_capable(cls: type) -> bool:
+    """Whether ``cls`` may offer direct runs: it defines ``_direct_spec`` and is built plainly.
+
+    A class with its own ``__init__`` (or observed by more than footprints'
+    collectors) must be built in a worker process, where that code runs.
+    """
+    known = _direct_classes.get(cls)
+    if known is None:
+        prepare_class(cls)
+        known = _direct_classes[cls] = (_fast_boards[cls] is not None
+                                        and getattr(cls, "_direct_spec", None) is not Worker._direct_spec)
+    return known
+
+
+def direct_outcome(spec: DirectSpec, exitcode: int, duration: float, max_report_bytes: int) -> tuple:
+    """The outcome message a worker process would have sent for a direct run, built in the boss.
+
+    Whatever ``_direct_report`` raises is the worker's failure (never the
+    boss's), and its report meets the same checks as one sent over a pipe.
+    """
+    try:
+        outcome = (OK, spec.worker._direct_report(spec, exitcode, duration))
+    except BaseException as exc:  # noqa: BLE001 - every way a task ends is reported
+        outcome = (RAISED, _sendable_exception(exc), traceback.format_exc())
+    try:
+        wire.encode(outcome, limit=max_report_bytes)
+    except wire.MessageTooLarge as exc:
+        return (UNSENDABLE, _too_large(exc))
+    except Exception as exc:  # noqa: BLE001 - pickling can fail in many ways
+        return (UNSENDABLE, ReportError(f"its report could not be pickled: {type(exc).__name__}: {exc}"))
+    return outcome
+
+
+def _too_large(exc: wire.MessageTooLarge) -> ReportError:
+    return ReportError(f"its report is {exc.size} bytes, more than the limit of {exc.limit} bytes "
+                       "(raise max_report_bytes, or write large results to files and report their paths)")
 
 
 def instantiate(cls: type, attributes: Mapping[str, Any]) -> Worker:
@@ -176,9 +264,7 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
         try:
             data = wire.encode(outcome, limit=max_report_bytes)
         except wire.MessageTooLarge as exc:
-            data = wire.encode((UNSENDABLE, ReportError(
-                f"its report is {exc.size} bytes, more than the limit of {exc.limit} bytes "
-                "(raise max_report_bytes, or write large results to files and report their paths)")))
+            data = wire.encode((UNSENDABLE, _too_large(exc)))
         except Exception as exc:  # noqa: BLE001 - pickling can fail in many ways
             data = wire.encode((UNSENDABLE, ReportError(
                 f"its report could not be pickled: {type(exc).__name__}: {exc}")))
