@@ -1,6 +1,6 @@
 """The boss process: one event loop over control, reports and ended children.
 
-The loop sleeps in a single ``select`` over the control channel (instructions
+The loop sleeps in a single ``epoll`` wait over the control channel (instructions
 and signals from the caller), every running worker's report channel, a
 self-pipe woken by SIGCHLD and SIGTERM, and (where the kernel offers it) a pidfd
 of the caller.  Its only timeout is the nearest deadline (a worker's timeout,
@@ -270,6 +270,8 @@ class Engine:
 
     def _on_signal(self, name: str) -> None:
         if name == "SEND_REPORT":
+            if self.dirty:  # report the state after the decisions already due, not before them
+                self._dispatch()
             self._send(("status", self._status_payload()))
         elif name == "HALT":
             self.halted = True
