@@ -311,15 +311,7 @@ class FitQueue:
 
     def __iter__(self) -> Iterator[Any]:
         self._settle()
-        stack: List[_Node] = []
-        node = self._root
-        while stack or node is not None:
-            while node is not None:
-                stack.append(node)
-                node = node.left
-            node = stack.pop()
-            yield self.store.get(node.item)
-            node = node.right
+        return (self.store.get(node.item) for node in self._in_order())
 
     def __getitem__(self, index: int) -> Any:
         if index < 0:
@@ -358,7 +350,7 @@ class FitQueue:
         tree = self._size - len(staged)
         if self._root is None or len(staged) * 16 > tree:
             # Many at once: rebuild the whole tree from the sorted nodes in linear time.
-            nodes = self._nodes() + staged if self._root is not None else staged
+            nodes = list(self._in_order()) + staged if self._root is not None else staged
             if self._root is not None:
                 nodes.sort(key=lambda n: n.key)
             self._root = _build(nodes, 0, len(nodes))
@@ -368,8 +360,8 @@ class FitQueue:
             before, after = _split(self._root, node.key)
             self._root = _merge(_merge(before, node), after)
 
-    def _nodes(self) -> List[_Node]:
-        out: List[_Node] = []
+    def _in_order(self) -> Iterator[_Node]:
+        """The tree's nodes in key order (iteratively: no recursion limit on a deep tree)."""
         stack: List[_Node] = []
         node = self._root
         while stack or node is not None:
@@ -377,6 +369,5 @@ class FitQueue:
                 stack.append(node)
                 node = node.left
             node = stack.pop()
-            out.append(node)
+            yield node
             node = node.right
-        return out
