@@ -95,6 +95,7 @@ class Boss:
         self._entries: List[Dict[str, Any]] = []
         self._given = 0  # entries already handed out by wait_for_entries()
         self._submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
+        self._running: Dict[str, int] = {}  # process group of each running worker, by name
         self._decoder = wire.Decoder()
         self._status: Optional[Dict[str, Any]] = None
         self._final: Optional[Report] = None
@@ -175,7 +176,11 @@ class Boss:
 
     def _handle(self, message: Any) -> None:
         kind, payload = message
-        if kind == "entry":
+        if kind == "started":
+            name, pid = payload
+            self._running[name] = pid
+        elif kind == "entry":
+            self._running.pop(payload["name"], None)
             instructions = dict(self._submitted.pop(payload["name"], None) or {"name": payload["name"]})
             ticket = payload.pop("scheduler_ticket", None)
             if ticket is not None:
@@ -246,6 +251,7 @@ class Boss:
         if self._broken:  # we closed the channel ourselves: the boss stopped, as asked
             self._final = self._report("stopped")
             return
+        self._end_orphans()
         report = self._report("failed")
         error = BossDiedError(
             f"the boss process{self._label()} (pid {self.pid}) died ({describe_exit(self._exitcode)}) before "
@@ -255,6 +261,15 @@ class Boss:
         self._final = report
         self._failure = error
         raise error
+
+    def _end_orphans(self) -> None:
+        """The boss was killed outright: its workers die with it (parent-death signal), but
+        the programs they started, or a command the boss spawned itself, do not.  End the
+        process group of every worker that had not ended."""
+        for pid in self._running.values():
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        self._running.clear()
 
     def _label(self) -> str:
         return f" {self.name!r}" if self.name else ""

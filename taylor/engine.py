@@ -444,6 +444,8 @@ class Engine:
         self.by_pid[pid] = worker
         if fd is not None:
             self.poller.register(fd, lambda _fd, _mask: self._read_report(worker))
+        # The caller learns each worker's process group, to end it should the boss be killed outright.
+        self._send(("started", (worker.name, pid)), urgent=False)
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
         if timeout is not None:
             self._at(timeout, self._on_timeout, worker)

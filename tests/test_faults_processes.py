@@ -107,6 +107,31 @@ def test_programs_started_with_a_parent_death_signal_end_with_a_killed_boss(tmp_
         _kill(_alive(run))
 
 
+def test_caller_ends_the_process_groups_of_a_killed_boss_s_workers(tmp_path):
+    """Programs a worker started in its own group, and commands the boss spawned itself, have no
+    parent-death signal: the caller ends their process groups when it learns the boss died."""
+    from taylor.command import CommandWorker  # noqa: F401 - registers the command worker
+
+    pidfile = str(tmp_path / "tree.json")
+    boss = Boss(scheduler=LaxistScheduler())
+    run = []
+    try:
+        boss.set_instructions(None, dict(crash=["children"], pidfile=[pidfile]))
+        boss.set_instructions(dict(command="sleep 60"), dict(name=["command"]))
+        boss.make_them_work()
+        worker, plain = _pidfile_tree(pidfile)[:2]  # the worker and the child in its group
+        command = _until(lambda: [p.pid for p in _children(boss.pid) if p.pid != worker], what="the command")[0]
+        _until(lambda: len(boss.get_report()["running"]) == 2, what="both workers to run")
+        run = [worker, plain, command]
+        os.kill(boss.pid, signal.SIGKILL)
+        with pytest.raises(taylor.BossDiedError):
+            boss.wait_till_finished()
+        assert not _gone(run, 2.0), "a worker's program outlived the killed boss"
+    finally:
+        boss.close()
+        _kill(_alive(run + _pidfile_tree(pidfile)))
+
+
 @pytest.mark.parametrize("call", ["get_report", "set_instructions", "make_them_work"])
 def test_boss_killed_between_calls_makes_the_next_call_raise(call):
     boss = Boss(scheduler=LaxistScheduler())
