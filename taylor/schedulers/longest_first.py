@@ -12,7 +12,7 @@ from typing import Any
 
 from .base import Running, expected_time_of, range_tickets
 from .memory import MaxMemoryScheduler
-from .threads import thread_cap
+from .threads import MAX_THREADS_ATTR, thread_cap
 
 __all__ = ["LongestFirstScheduler"]
 
@@ -33,13 +33,7 @@ class LongestFirstScheduler(MaxMemoryScheduler):
                 values=["threads+memory"],
                 remap=dict(),
             ),
-            max_threads=dict(
-                info="Most workers running at once; 0 means the CPUs this job may use.",
-                alias=("maxpc", "maxthreads"),
-                type=int,
-                optional=True,
-                default=0,
-            ),
+            max_threads=MAX_THREADS_ATTR,
         ),
     )
 

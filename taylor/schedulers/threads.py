@@ -20,6 +20,13 @@ BINDED_ATTR = dict(
     optional=True,
     default=False,
 )
+MAX_THREADS_ATTR = dict(
+    info="Most workers running at once; 0 means the CPUs this job may use.",
+    alias=("maxpc", "maxthreads"),
+    type=int,
+    optional=True,
+    default=0,
+)
 
 
 def thread_cap(max_threads: int) -> int:
@@ -99,13 +106,7 @@ class MaxThreadsScheduler(BindingMixin, BaseScheduler):
                 values=["threads", "processes"],
                 remap=dict(processes="threads"),
             ),
-            max_threads=dict(
-                info="Most workers running at once; 0 means the CPUs this job may use.",
-                alias=("maxpc", "maxthreads"),
-                type=int,
-                optional=True,
-                default=0,
-            ),
+            max_threads=MAX_THREADS_ATTR,
             binded=BINDED_ATTR,
         ),
     )
