@@ -212,3 +212,14 @@ def test_multiprocessing_start_method_does_not_matter(method, tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[2, 4, 6]"
+
+
+def test_verbose_boss_logs_each_worker_start_and_report():
+    # In a program that configured no logging, as most scripts: the lines reach stderr.
+    code = ("from taylor import batch_main\n"
+            "from taylor.examples import Sleeper\n"
+            "batch_main(None, dict(sleeping_time=[0], name=['chatty']), verbose=True, print_report=False)\n")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "worker chatty started" in out.stderr and "worker chatty done" in out.stderr
