@@ -42,6 +42,7 @@ from .instructions import Instructions, resolve
 from .launcher import LocalProcesses
 from .poller import READ, WRITE, Poller
 from .report import DONE, FAILED, STOPPED
+from .schedulers.base import expected_time_of, memory_of
 from .worker import OK, RAISED, UNSENDABLE, DirectSpec
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
@@ -93,9 +94,8 @@ class RunningWorker:
         self.fd = fd  # None: a direct run (the program itself), which has no report channel
         self.direct = direct
         self.start_time = time.time()
-        self.memory = float(getattr(instructions, "memory", instructions.get("memory", 0.0)) or 0.0)
-        self.expected_time = float(getattr(instructions, "expected_time", instructions.get("expected_time", 0.0))
-                                   or 0.0)
+        self.memory = memory_of(instructions)
+        self.expected_time = expected_time_of(instructions)
         self.scheduler_ticket = instructions.get("scheduler_ticket")
         self.decoder = wire.Decoder()
         self.outcome: Optional[tuple] = None
