@@ -43,6 +43,7 @@ from .launcher import LocalProcesses
 from .poller import READ, WRITE, Poller
 from .report import DONE, FAILED, STOPPED
 from .schedulers.base import expected_time_of, memory_of
+from .spawner import EXITED, STARTED
 from .worker import OK, RAISED, UNSENDABLE, DirectSpec
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
@@ -86,7 +87,7 @@ class Options:
 class RunningWorker:
     """A running worker as schedulers see it: its instructions are attributes too."""
 
-    def __init__(self, instructions: Dict[str, Any], pid: int, fd: Optional[int],
+    def __init__(self, instructions: Dict[str, Any], pid: Optional[int], fd: Optional[int],
                  direct: Optional[DirectSpec] = None) -> None:
         self.instructions = instructions
         self.name: str = instructions["name"]
@@ -104,6 +105,7 @@ class RunningWorker:
         self.timed_out = False
         self.stop_requested = False
         self.others: list = []  # descendants outside its process group, seen when stopping
+        self.lost: Optional[str] = None  # why it ended unseen (its spawner died)
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -131,6 +133,7 @@ class Engine:
         self.pending: Any = [] if queue is None else queue
         self.workers: Dict[str, RunningWorker] = {}
         self.by_pid: Dict[int, RunningWorker] = {}
+        self.asked: Dict[int, RunningWorker] = {}  # by spawner token: workers whose pid is not known yet
         self.recent: deque = deque(maxlen=REPORT_WINDOW)
         self.counts = {DONE: 0, FAILED: 0, STOPPED: 0}
         self.halted = True
@@ -150,7 +153,8 @@ class Engine:
         self.wakeup_r, self.wakeup_w = os.pipe()
         self.caller_fd: Optional[int] = None
         self.caller_lost = False
-        self.launcher = LocalProcesses(self._private_fds, options.max_report_bytes)
+        self.launcher = LocalProcesses(self._private_fds, options.max_report_bytes, options.shared)
+        self.spawner_fd: Optional[int] = None
 
     # ------------------------------------------------------------------ set-up
     def _private_fds(self) -> List[int]:
@@ -191,6 +195,11 @@ class Engine:
                 self.caller_fd = None
         if os.getppid() != self.caller_pid:
             self._caller_gone()
+            return
+        # Forked now, before any instruction arrives: the spawner stays as small as the boss starts.
+        self.spawner_fd = self.launcher.open()
+        if self.spawner_fd is not None:
+            self.poller.register(self.spawner_fd, self._on_spawner)
 
     # --------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -209,6 +218,7 @@ class Engine:
                                      traceback=traceback.format_exc())
             self._stop_workers("error")
             self._drain_workers()
+        self._close_spawner()
         self._send_final()
         if self.silent and self.outbox and not self.caller_lost:
             self._deliver()  # what STOP_LISTENING queued and the caller has not read yet
@@ -437,20 +447,28 @@ class Engine:
             except TaylorError as exc:
                 self._fail_run(exc)
                 return
-        pid, fd, direct = self.launcher.start(instructions.worker_class,
-                                              instructions.attributes(self.options.shared))
+        pid, token, fd, direct = self.launcher.start(instructions.worker_class, instructions.attributes({}))
         worker = RunningWorker(instructions, pid, fd, direct)
         self.workers[worker.name] = worker
-        self.by_pid[pid] = worker
+        if pid is None:
+            self.asked[token] = worker  # the spawner forks it: its pid comes as news
+        else:
+            self._started(worker, pid)
         if fd is not None:
             self.poller.register(fd, lambda _fd, _mask: self._read_report(worker))
-        # The caller learns each worker's process group, to end it should the boss be killed outright.
-        self._send(("started", (worker.name, pid)), urgent=False)
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
         if timeout is not None:
             self._at(timeout, self._on_timeout, worker)
+
+    def _started(self, worker: RunningWorker, pid: int) -> None:
+        worker.pid = pid
+        self.by_pid[pid] = worker
+        # The caller learns each worker's process group, to end it should the boss be killed outright.
+        self._send(("started", (worker.name, pid)), urgent=False)
         if self.options.verbose:
             log.info("worker %s started (pid %d)", worker.name, pid)
+        if worker.stop_requested:  # asked to stop before its pid was known
+            LocalProcesses.signal(pid, signal.SIGTERM)
 
     # ---------------------------------------------------------------- workers
     def _read_report(self, worker: RunningWorker) -> None:
@@ -495,14 +513,64 @@ class Engine:
                 return
             if pid == 0:
                 return
+            if self.launcher.reaped(pid):
+                log.error("the spawner process (pid %d) died (%s); the boss forks workers itself from now on",
+                          pid, describe_exit(os.waitstatus_to_exitcode(status)))
+                self._spawner_news()
+                continue
             worker = self.by_pid.pop(pid, None)
             if worker is not None:
                 self._finish(worker, os.waitstatus_to_exitcode(status))
+
+    # ---------------------------------------------------------------- spawner
+    def _on_spawner(self, fd: int, mask: int) -> None:
+        self._spawner_news()
+
+    def _spawner_news(self) -> None:
+        """Act on the spawner's news: workers it forked, could not fork, or reaped."""
+        for kind, first, second in self.launcher.news():
+            if kind == STARTED:
+                worker = self.asked.pop(first, None)
+                if worker is None:  # a request the boss gave up on: nobody will watch this one
+                    LocalProcesses.signal(second, signal.SIGKILL)
+                else:
+                    self._started(worker, second)
+            elif kind == EXITED:
+                worker = self.by_pid.pop(first, None)
+                if worker is not None:
+                    self._finish(worker, os.waitstatus_to_exitcode(second))
+            else:
+                why = os.strerror(second) if second else "the spawner could not read its instructions"
+                worker = self.asked.pop(first, None)
+                if worker is not None:
+                    self._lost(worker, f"could not be started ({why})")
+        if not self.launcher.spawner_alive:
+            self._close_spawner()
+
+    def _close_spawner(self) -> None:
+        """End the spawner (the run is over, or it died): its workers end with it."""
+        if self.spawner_fd is not None:
+            self.poller.unregister(self.spawner_fd)
+            self.spawner_fd = None
+        asked, spawned = self.launcher.close()
+        why = "was killed with the spawner process that forked it"
+        for token in asked:
+            self._lost(self.asked.pop(token), why)
+        for pid in spawned:
+            worker = self.by_pid.pop(pid, None)
+            if worker is not None:
+                self._lost(worker, why)
+
+    def _lost(self, worker: RunningWorker, why: str) -> None:
+        """A worker that ended unseen, or never started: a failure that says why."""
+        worker.lost = why
+        self._finish(worker, None if worker.pid is None else -signal.SIGKILL)
 
     def _drain_workers(self) -> None:
         """Kill and reap every worker after the loop itself failed (no grace: the loop is broken)."""
         for worker in self.by_pid.values():
             LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)
+        self._close_spawner()
         while self.by_pid:
             try:
                 pid, status = os.waitpid(-1, 0)
@@ -519,8 +587,9 @@ class Engine:
         if worker.direct is not None:
             exitcode = self._direct_end(worker, exitcode)
         worker.finished = True
-        del self.workers[worker.name]
-        LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)  # strays left in its group
+        self.workers.pop(worker.name, None)
+        if worker.pid is not None:
+            LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)  # strays left in its group
         entry = {
             "name": worker.name,
             "status": DONE,
@@ -550,6 +619,8 @@ class Engine:
                                           f"({describe_exit(exitcode)})")
         elif worker.stop_requested:
             entry["status"] = STOPPED
+        elif worker.lost:
+            failed = WorkerDiedError, worker.lost if exitcode is None else f"{worker.lost} ({describe_exit(exitcode)})"
         else:
             partly = " (it died while sending its report)" if worker.decoder.partial else ""
             failed = WorkerDiedError, f"ended without reporting: {describe_exit(exitcode)}{partly}"
@@ -612,19 +683,21 @@ class Engine:
     # ------------------------------------------------------- stopping, deadlines
     def _stop_workers(self, why: str) -> None:
         workers = [w for w in self.workers.values() if not (w.finished or w.stop_requested)]
-        trees = LocalProcesses.descendants(w.pid for w in workers) if workers else {}
+        trees = LocalProcesses.descendants(w.pid for w in workers if w.pid is not None) if workers else {}
         for worker in workers:
-            self._terminate(worker, trees[worker.pid])
+            self._terminate(worker, trees.get(worker.pid, []))
 
     def _terminate(self, worker: RunningWorker, others: Optional[list] = None) -> None:
         if worker.finished or worker.stop_requested:
             return
         worker.stop_requested = True
+        self._at(self.options.stop_grace, self._on_grace_over, worker)
+        if worker.pid is None:  # not forked yet: signalled as soon as it is
+            return
         if worker.direct is not None:
             worker.direct.ended_first = self.launcher.has_ended(worker.pid)
         worker.others = LocalProcesses.descendants([worker.pid])[worker.pid] if others is None else others
         LocalProcesses.signal(worker.pid, signal.SIGTERM, worker.others)
-        self._at(self.options.stop_grace, self._on_grace_over, worker)
 
     def _on_timeout(self, worker: RunningWorker) -> None:
         if not worker.finished and not worker.stop_requested and worker.outcome is None:
@@ -632,7 +705,7 @@ class Engine:
             self._terminate(worker)
 
     def _on_grace_over(self, worker: RunningWorker) -> None:
-        if not worker.finished:
+        if not worker.finished and worker.pid is not None:
             LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)
 
     def _at(self, delay: float, action: Callable[[RunningWorker], None], worker: RunningWorker) -> None:

@@ -41,7 +41,7 @@ class Instructions(dict):
         self.timeout: Optional[float] = None
 
     def __reduce__(self):
-        return (_rebuild, (dict(self), _class_ref(self.worker_class), self.defaults, self.memory,
+        return (_rebuild, (dict(self), class_ref(self.worker_class), self.defaults, self.memory,
                            self.expected_time, self.timeout))
 
     @property
@@ -56,7 +56,7 @@ class Instructions(dict):
         return attributes
 
 
-def _class_ref(cls: Optional[type]) -> Optional[Tuple[int, str, str]]:
+def class_ref(cls: Optional[type]) -> Optional[Tuple[int, str, str]]:
     """How a Worker class travels to the boss: the boss is a fork of the caller, so a
     class that existed when it was created is at the same address there, even a
     class defined in a function; others are imported by name."""
@@ -66,13 +66,19 @@ def _class_ref(cls: Optional[type]) -> Optional[Tuple[int, str, str]]:
 _classes_by_ref: Dict[Tuple[int, str, str], type] = {}
 
 
-def _class_from_ref(ref: Optional[Tuple[int, str, str]]) -> Optional[type]:
+def remember_classes() -> None:
+    """Index the Worker classes known now by their reference (a fork inherits the index)."""
+    for known in worker_classes():
+        _classes_by_ref[class_ref(known)] = known
+
+
+def class_from_ref(ref: Optional[Tuple[int, str, str]]) -> Optional[type]:
+    """The class ``class_ref`` made ``ref`` of, in this fork (or a fork of a fork) of the caller."""
     if ref is None:
         return None
     cls = _classes_by_ref.get(ref)
     if cls is None:
-        for known in worker_classes():
-            _classes_by_ref[_class_ref(known)] = known
+        remember_classes()
         cls = _classes_by_ref.get(ref)
     if cls is None:  # defined after the fork in an importable module
         module = importlib.import_module(ref[1])
@@ -82,7 +88,7 @@ def _class_from_ref(ref: Optional[Tuple[int, str, str]]) -> Optional[type]:
 
 def _rebuild(items, worker_class, defaults, memory, expected_time, timeout) -> Instructions:
     obj = Instructions(items)
-    obj.worker_class, obj.defaults = _class_from_ref(worker_class), defaults
+    obj.worker_class, obj.defaults = class_from_ref(worker_class), defaults
     obj.memory, obj.expected_time, obj.timeout = memory, expected_time, timeout
     return obj
 

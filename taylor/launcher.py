@@ -1,54 +1,31 @@
-"""Where a worker runs: here, a forked child of the boss process.
+"""Where a worker runs: here, a process forked by the spawner (or the boss).
 
 This is the one seam between the boss's event loop and the processes it
 drives.  The loop asks :class:`LocalProcesses` to start a worker (it gets back
 a pid and the read end of the worker's report channel, or, for a task that
 is one program run, the program's own pid and no channel), to signal a worker
-and everything the worker started, and it reaps ended children itself on
-SIGCHLD.  A launcher for another engine (a cluster) would offer the same few
-calls.
+and everything the worker started, and to say which workers ended (the boss
+reaps its own children on SIGCHLD, the spawner reaps those it forked).  A
+launcher for another engine (a cluster) would offer the same few calls.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import psutil
 
-from .worker import DirectSpec, direct_capable, direct_outcome, instantiate, prepare_class, run_child
+from .forking import _signal, fork_worker, set_parent_death_signal, worker_handlers
+from .spawner import News, Spawner
+from .worker import DirectSpec, direct_capable, direct_outcome, instantiate, prepare_class
 
-__all__ = ["LocalProcesses", "set_parent_death_signal", "spawn"]
+__all__ = ["LocalProcesses", "Started", "set_parent_death_signal", "spawn"]
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _load_prctl() -> Callable[..., int]:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # libc is in the program's namespace; no ldconfig run
-        return libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_prctl = _load_prctl()
-
-
-def set_parent_death_signal(signum: int) -> bool:
-    """Ask the kernel to send ``signum`` to this process when its parent dies.
-
-    Linux only; returns False where unavailable.  This is what ends workers
-    whose boss was killed outright.
-    """
-    if _prctl is None:
-        return False
-    return _prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+#: What starting a worker gives: (pid, spawner token, report fd, direct spec); see LocalProcesses.start.
+Started = Tuple[Optional[int], Optional[int], Optional[int], Optional[DirectSpec]]
 
 
 #: Signals a command gets at their default disposition: Python (and the boss) ignore or handle them.
@@ -99,54 +76,88 @@ def _spare_fds() -> int:
 
 
 class LocalProcesses:
-    """Starts workers as forked children of the (single-threaded) boss, or
-    a direct task's program as a spawned child.
+    """Starts workers as forked children of the spawner (see :mod:`taylor.spawner`),
+    or of the (single-threaded) boss when the spawner cannot, and a direct
+    task's program as a spawned child of the boss.
 
     ``private_fds`` returns the boss's own descriptors (control channel,
     poller, other workers' channels...), which every child closes at once so
-    that it holds nothing of the boss but its own report channel.
+    that it holds nothing of the boss but its own report channel.  ``shared``
+    holds the instructions every worker inherits rather than receives.
     """
 
-    def __init__(self, private_fds: Callable[[], Iterable[int]], max_report_bytes: int) -> None:
+    def __init__(self, private_fds: Callable[[], Iterable[int]], max_report_bytes: int,
+                 shared: Optional[Mapping[str, Any]] = None) -> None:
         self._private_fds = private_fds
         self._max_report_bytes = max_report_bytes
-        self._boss_pid = os.getpid()
-        self._sigpipe = signal.getsignal(signal.SIGPIPE)  # the caller's; the boss ignores SIGPIPE
+        self._shared = dict(shared or {})
+        # The caller's SIGPIPE, for the workers: the boss ignores SIGPIPE.
+        self._handlers = worker_handlers(_signal.getsignal(signal.SIGPIPE))
         self._direct_fds = 0
         self._fd_budget = _spare_fds() // 2
+        self.spawner: Optional[Spawner] = None
 
-    def start(self, cls: type, attributes: Mapping[str, Any]) -> Tuple[int, Optional[int], Optional[DirectSpec]]:
-        """Start a worker running ``cls(attributes)._task()``; return (pid, report fd, None).
+    def open(self) -> Optional[int]:
+        """Start the spawner; the descriptor to watch for its news, None without one."""
+        if os.environ.get("TAYLOR_SPAWNER", "1") == "0":  # the boss forks every worker itself
+            return None
+        self.spawner = Spawner.start(self._private_fds(), self._shared, self._max_report_bytes, self._handlers)
+        return None if self.spawner is None else self.spawner.fileno()
 
-        When the worker's class offers the task as a program run
-        (:meth:`~taylor.worker.Worker._direct_spec`), the boss spawns that
-        program itself and returns (its pid, None, the spec): no Python
-        process, no report channel; the report is made at its end by
-        :meth:`direct_outcome`.
+    def start(self, cls: type, attributes: Mapping[str, Any]) -> Started:
+        """Start a worker running ``cls(attributes + shared)._task()``.
+
+        Returns (pid, None, report fd, None) when the boss forked it, and
+        (None, token, report fd, None) when the spawner was asked to: its pid
+        comes later as news (see :meth:`news`).  When the worker's class offers
+        the task as a program run (:meth:`~taylor.worker.Worker._direct_spec`),
+        the boss spawns that program itself and returns (its pid, None, None,
+        the spec): no Python process, no report channel; the report is made at
+        its end by :meth:`direct_outcome`.
         """
         if direct_capable(cls) and self._direct_fds + 2 <= self._fd_budget:
-            spec = self._start_direct(cls, attributes)
+            spec = self._start_direct(cls, {**attributes, **self._shared})
             if spec is not None:
-                return spec.pid, None, spec
-        prepare_class(cls)
+                return spec.pid, None, None, spec
         read_fd, write_fd = os.pipe()
-        private = list(self._private_fds())
-        pid = os.fork()
-        if pid == 0:  # the worker process
-            try:
-                os.close(read_fd)
-                for fd in private:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-                self._become_worker()
-            except BaseException:  # noqa: BLE001 - never fall back into the boss's loop
-                os._exit(71)
-            run_child(cls, attributes, write_fd, self._max_report_bytes)
-        os.close(write_fd)
+        try:
+            token = None if self.spawner is None else self.spawner.ask(cls, attributes, write_fd)
+            pid = None
+            if token is None:
+                prepare_class(cls)
+                pid = fork_worker(cls, {**attributes, **self._shared}, write_fd,
+                                  [read_fd, *self._private_fds()], self._handlers, self._max_report_bytes)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
         os.set_blocking(read_fd, False)
-        return pid, read_fd, None
+        return pid, token, read_fd, None
+
+    def news(self) -> List[News]:
+        """What the spawner said since the last call (see :mod:`taylor.spawner`)."""
+        return [] if self.spawner is None else self.spawner.news()
+
+    @property
+    def spawner_alive(self) -> bool:
+        return self.spawner is not None and self.spawner.alive
+
+    def close(self) -> Tuple[List[int], List[int]]:
+        """End the spawner (if any): the tokens of the requests and the pids of the workers
+        it took along (the kernel kills its workers with it)."""
+        spawner, self.spawner = self.spawner, None
+        if spawner is None:
+            return [], []
+        spawner.close()
+        return sorted(spawner.asked), sorted(spawner.spawned)
+
+    def reaped(self, pid: int) -> bool:
+        """Whether ``pid``, a child the boss reaped, was the spawner."""
+        if self.spawner is None or pid != self.spawner.pid:
+            return False
+        self.spawner.pid = None  # nothing left to reap
+        return True
 
     def _start_direct(self, cls: type, attributes: Mapping[str, Any]) -> Optional[DirectSpec]:
         """Spawn the program of a direct task, as a worker process would have: None if it cannot be.
@@ -205,23 +216,6 @@ class LocalProcesses:
             return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
             return True
-
-    def _become_worker(self) -> None:
-        """Child-side set-up: own process group, die with the boss, default signals.
-
-        Only SIGTERM is reset: each call costs page faults in a fresh fork.
-        SIGINT keeps Python's default handler, which the boss never changes;
-        the boss's no-op SIGCHLD handler is harmless in a worker and gone at
-        ``exec``.
-        """
-        os.setpgid(0, 0)
-        set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != self._boss_pid:  # the boss died before the line above
-            os._exit(72)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if self._sigpipe not in (None, signal.SIG_IGN):  # the caller's own, which the boss ignores
-            signal.signal(signal.SIGPIPE, self._sigpipe)
 
     @staticmethod
     def descendants(pids: Iterable[int]) -> Dict[int, List[psutil.Process]]:

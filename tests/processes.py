@@ -9,6 +9,23 @@ from typing import Iterable, List
 
 import psutil
 
+#: The name the spawner process gives itself (see taylor.spawner).
+SPAWNER = "taylor-spawner"
+
+
+def workers_of(pid: int) -> List[psutil.Process]:
+    """The running processes a boss (``pid``) started for its tasks: the children of
+    its spawner process, and its own other children (programs of command tasks)."""
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            found += child.children() if child.name() == SPAWNER else [child]
+        except psutil.Error:
+            pass
+    return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
 
 def alive(pids: Iterable[int]) -> List[int]:
     """Those of ``pids`` still running (a zombie has ended: only its parent's wait is missing)."""

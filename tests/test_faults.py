@@ -14,11 +14,11 @@ import signal
 import time
 
 import faultworkers  # noqa: F401 - registers the fault workers before any Boss exists
-import psutil
 import pytest
 import workers as _core_workers  # noqa: F401 - registers Noop
 from processes import gone as _gone
 from processes import kill as _kill
+from processes import workers_of
 
 import taylor
 from taylor import Boss, batch_main, run_as_server
@@ -73,9 +73,9 @@ def test_worker_killed_from_outside_is_reported_within_a_second():
     boss = run_as_server(None, dict(crash=["hang"], name=["target"]), on_error="continue")
     try:
         deadline = time.monotonic() + 10
-        while not psutil.Process(boss.pid).children() and time.monotonic() < deadline:
+        while not workers_of(boss.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        (worker,) = psutil.Process(boss.pid).children()
+        (worker,) = workers_of(boss.pid)
         worker.kill()  # as the out-of-memory killer would
         killed = time.monotonic()
         report = boss.wait_till_finished()
@@ -208,7 +208,7 @@ def test_abort_also_ends_programs_started_by_other_workers(tmp_path):
     try:
         tree = _children_of(pidfile)
         started = [tree["worker"]] + tree["children"]
-        victim = next(p for p in psutil.Process(boss.pid).children() if p.pid != tree["worker"])
+        victim = next(p for p in workers_of(boss.pid) if p.pid != tree["worker"])
         victim.send_signal(signal.SIGSEGV)
         with pytest.raises(taylor.WorkerDiedError, match="SIGSEGV"):
             boss.wait_till_finished()
@@ -222,7 +222,7 @@ def test_abort_also_ends_programs_started_by_other_workers(tmp_path):
 def _boss_is_idle(boss):
     """Nothing was queued in the boss and it started no process."""
     return boss.get_report()["counts"] == dict(done=0, failed=0, stopped=0, running=0, pending=0) \
-        and not psutil.Process(boss.pid).children()
+        and not workers_of(boss.pid)
 
 
 def test_bad_input_is_refused_in_the_caller_naming_the_culprit():

@@ -18,6 +18,7 @@ import textwrap
 
 import psutil
 import pytest
+from processes import SPAWNER
 
 pytest.importorskip("numpy")
 
@@ -95,14 +96,16 @@ def test_no_shared_memory_is_left_after_every_process_is_killed():
         line = caller.stdout.readline()
         assert line, "the script ended before its workers started"
         caller_pid, boss, worker1, worker2, address, lock_fd = (int(x) for x in line.split())
-        run = [caller_pid, boss, worker1, worker2]
+        spawner = psutil.Process(worker1).ppid()  # forked by the boss before the workers
+        assert psutil.Process(spawner).name() == SPAWNER and psutil.Process(spawner).ppid() == boss
+        run = [caller_pid, boss, spawner, worker1, worker2]
         inode = mapping_inode(caller_pid, address)
         lock_inode = os.stat(f"/proc/{caller_pid}/fd/{lock_fd}").st_ino
-        for pid in (boss, worker1, worker2):  # inherited, not copied: the same memory object everywhere
+        for pid in (boss, spawner, worker1, worker2):  # inherited, not copied: the same memory object everywhere
             assert mapping_inode(pid, address) == inode
         assert {pid for pid, _ in holders(inode, lock_inode)} == set(run)
         procs = [psutil.Process(pid) for pid in run]
-        for pid in (worker1, worker2, boss, caller_pid):  # a crash of everything at once
+        for pid in (worker1, worker2, boss, caller_pid):  # a crash of all at once; the spawner dies with the boss
             os.kill(pid, signal.SIGKILL)
         caller.wait(10)
         gone, alive = psutil.wait_procs(procs, timeout=10)

@@ -1,0 +1,115 @@
+"""Forking one worker process: the child's set-up and body.
+
+Shared by the spawner (which forks nearly every worker) and the boss (which
+forks a worker itself when the spawner cannot: instructions too large to send,
+or no spawner).  Everything here runs in a fresh fork, where each page written
+costs a copy-on-write fault, so the child does as little as it can.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, Sequence, Tuple
+
+from .worker import run_child
+
+try:  # signal.signal's wrapper builds enums: in a fresh fork that costs ~40 page faults per call
+    import _signal
+except ImportError:  # not CPython
+    _signal = signal  # type: ignore[assignment]
+
+__all__ = ["Handlers", "fork_worker", "set_parent_death_signal", "set_process_name", "worker_handlers"]
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+#: (signal number, handler) pairs a worker sets at its start.
+Handlers = Sequence[Tuple[int, Any]]
+
+
+def _load_prctl() -> Optional[Callable[..., int]]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # libc is in the program's namespace; no ldconfig run
+        return libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """Ask the kernel to send ``signum`` to this process when its parent dies.
+
+    Linux only; returns False where unavailable.  This is what ends workers
+    (and the spawner) whose boss was killed outright.
+    """
+    if _prctl is None:
+        return False
+    return _prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+
+
+def set_process_name(name: str) -> None:
+    """Name this process (as ``ps`` and ``top`` show it; 15 bytes at most), where Linux allows."""
+    if _prctl is not None:
+        _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def worker_handlers(sigpipe: Any, sigint: Any = None) -> Handlers:
+    """The signal handlers a worker sets: SIGTERM at its default (it ends the worker),
+    and the caller's SIGPIPE (the boss ignores it) and SIGINT when the forking
+    process changed them.  Handlers are raw values from ``_signal.getsignal``.
+    """
+    handlers = [(int(signal.SIGTERM), _signal.SIG_DFL)]
+    if sigpipe not in (None, _signal.SIG_IGN):
+        handlers.append((int(signal.SIGPIPE), sigpipe))
+    if sigint is not None:
+        handlers.append((int(signal.SIGINT), sigint))
+    return handlers
+
+
+def _become_worker(parent: int, handlers: Handlers) -> None:
+    """Child-side set-up: own process group, die with the parent, the worker's signals.
+
+    The boss's (or spawner's) no-op SIGCHLD handler is harmless in a worker
+    and gone at ``exec``.
+    """
+    os.setpgid(0, 0)
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(72)
+    _signal.set_wakeup_fd(-1)
+    for signum, handler in handlers:
+        _signal.signal(signum, handler)
+
+
+def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_fds: Iterable[int],
+                handlers: Handlers, max_report_bytes: int) -> int:
+    """Fork a worker running ``cls(attributes)._task()`` that reports on ``report_fd``;
+    return its pid.  The child first closes ``close_fds`` (its parent's own
+    descriptors).  The caller closes ``report_fd`` on its side.
+    """
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes)
+    return pid
+
+
+def _child(cls: type, attributes: Mapping[str, Any], report_fd: int, close_fds: Iterable[int], parent: int,
+           handlers: Handlers, max_report_bytes: int) -> NoReturn:
+    try:
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        _become_worker(parent, handlers)
+    except BaseException:  # noqa: BLE001 - never fall back into the parent's loop
+        os._exit(71)
+    run_child(cls, attributes, report_fd, max_report_bytes)

@@ -1,0 +1,270 @@
+"""The spawner: a small process that forks the workers on the boss's behalf.
+
+Why not fork from the boss: a fork write-protects every page of the forking
+process, and the boss's event loop touches a few hundred pages per task (each
+Python function it calls is written to, if only its reference count), each
+then a copy-on-write fault: about 250 faults, 0.6 ms of CPU per task on the
+reference VM.  The spawner's loop is one short function, so its faults are
+few; and it is forked from the boss at start, before any instruction arrives,
+so its forks do not grow dearer as a long queue fills the boss's memory.
+
+Protocol, over a ``SOCK_SEQPACKET`` socket pair (one message per datagram);
+nobody waits for an answer:
+
+* boss to spawner: a token, then the pickled (class reference, attributes),
+  with the write end of the worker's report pipe attached (``SCM_RIGHTS``);
+* spawner to boss: ``STARTED token pid``; ``REFUSED token errno`` when the
+  fork failed or (errno 0) the request could not be read; ``EXITED pid
+  status`` when it reaps a worker.
+
+If the boss dies the kernel kills the spawner (parent-death signal), which
+kills the workers the same way.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+from typing import Any, Dict, Iterable, List, Mapping, NoReturn, Optional, Set, Tuple
+
+from .forking import Handlers, _child, _signal, set_parent_death_signal, set_process_name
+from .instructions import class_from_ref, class_ref, remember_classes
+from .worker import prepare_class
+
+__all__ = ["MAX_REQUEST", "NAME", "Spawner"]
+
+#: The spawner's process name, as ``ps`` shows it.
+NAME = "taylor-spawner"
+
+#: Largest request (pickled attributes) sent to the spawner; larger ones are forked by the boss,
+#: whose fork shares them with the worker for free.
+MAX_REQUEST = 1 << 16
+
+_TOKEN = struct.Struct("<Q")
+_NEWS = struct.Struct("<cqq")
+STARTED, REFUSED, EXITED = b"S", b"R", b"E"
+
+#: (kind, first, second): (STARTED, token, pid), (REFUSED, token, errno), (EXITED, pid, wait status).
+News = Tuple[bytes, int, int]
+
+
+class Spawner:
+    """The boss's handle on its spawner process."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self.sock = sock
+        self.pid: Optional[int] = pid
+        self.alive = True
+        self.asked: Set[int] = set()  # tokens of requests not answered yet
+        self.spawned: Set[int] = set()  # pids of running workers it forked
+        self._token = 0
+
+    @classmethod
+    def start(cls, close_fds: Iterable[int], shared: Mapping[str, Any], max_report_bytes: int,
+              handlers: Handlers) -> Optional[Spawner]:
+        """Fork the spawner; None where it cannot be (the boss then forks workers itself)."""
+        if not hasattr(socket, "CMSG_SPACE"):
+            return None
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            return None
+        close_fds = list(close_fds)
+        boss = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            try:
+                ours.close()
+                _serve(theirs, boss, close_fds, dict(shared), max_report_bytes, handlers)
+            finally:
+                os._exit(70)
+        theirs.close()
+        ours.setblocking(False)
+        return cls(ours, pid)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def ask(self, cls: type, attributes: Mapping[str, Any], report_fd: int) -> Optional[int]:
+        """Ask for a worker; the request's token (its pid comes as news), or None if the
+        boss must fork it itself: the request is too large or not picklable, the
+        spawner is busy with many requests already, or gone.
+        """
+        if not self.alive:
+            return None
+        try:
+            payload = pickle.dumps((class_ref(cls), attributes), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - the boss's own fork needs no pickling
+            return None
+        if len(payload) > MAX_REQUEST:
+            return None
+        self._token += 1
+        fds = array.array("i", [report_fd])
+        try:
+            self.sock.sendmsg([_TOKEN.pack(self._token), payload],
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        except BlockingIOError:
+            return None
+        except OSError:  # gone: the news will say so
+            return None
+        self.asked.add(self._token)
+        return self._token
+
+    def news(self) -> List[News]:
+        """What the spawner said since the last call (never blocks).  Once it is gone,
+        ``alive`` is False, and ``asked`` and ``spawned`` hold what it took along."""
+        found = []
+        while self.alive:
+            try:
+                data = self.sock.recv(_NEWS.size)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.alive = False
+                break
+            news = _NEWS.unpack(data)
+            kind, first, second = news
+            if kind == EXITED:
+                self.spawned.discard(first)
+            else:
+                self.asked.discard(first)
+                if kind == STARTED:
+                    self.spawned.add(second)
+            found.append(news)
+        return found
+
+    def close(self) -> None:
+        """End the spawner (the run is over, or it is gone) and reap it."""
+        self.sock.close()
+        self.alive = False
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        self.pid = None
+
+
+# ---------------------------------------------------------------- the spawner process
+def _note_signal(signum: int, frame: Any) -> None:
+    """SIGCHLD handler: the wake-up pipe carries it."""
+
+
+def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[str, Any],
+           max_report_bytes: int, handlers: Handlers) -> NoReturn:
+    """Body of the spawner process: fork workers when asked, report their ends.
+
+    One function with its names in locals, calling C functions only on the
+    way of a request: after each fork, every page this loop writes costs a
+    copy-on-write fault, so the less Python it runs the cheaper a worker.
+    """
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    # The spawner ignores SIGINT and SIGTERM (the boss ends it by closing its socket, or dying);
+    # its workers get the boss's back.
+    handlers = list(handlers) + [(int(signal.SIGINT), _signal.getsignal(signal.SIGINT))]
+    _signal.signal(signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(signal.SIGTERM, _signal.SIG_IGN)
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != boss:
+        os._exit(0)
+    set_process_name(NAME)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    _signal.signal(signal.SIGCHLD, _note_signal)
+    remember_classes()  # each request then finds its class with a dict look-up
+    me = os.getpid()
+    own = [sock.fileno(), wake_r, wake_w]
+    children: Set[int] = set()
+    prepared: Set[type] = set()
+    waiter = select.poll()
+    waiter.register(sock, select.POLLIN)
+    waiter.register(wake_r, select.POLLIN)
+    recvmsg, send, fork, close, read, waitpid = sock.recvmsg, sock.send, os.fork, os.close, os.read, os.waitpid
+    loads, pack, unpack_from = pickle.loads, _NEWS.pack, _TOKEN.unpack_from
+    size, ancillary, token_size = _TOKEN.size + MAX_REQUEST + 1, socket.CMSG_SPACE(4), _TOKEN.size
+    byteorder = sys.byteorder
+    cloexec = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # a received descriptor is inheritable otherwise
+    try:
+        while True:
+            for fd, _ in waiter.poll():
+                if fd == wake_r:
+                    try:
+                        while read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    while children:
+                        try:
+                            pid, status = waitpid(-1, os.WNOHANG)
+                        except ChildProcessError:
+                            children.clear()
+                            break
+                        if pid == 0:
+                            break
+                        children.discard(pid)
+                        send(pack(EXITED, pid, status))
+                    continue
+                data, extra, _, _ = recvmsg(size, ancillary, cloexec)
+                if not data:
+                    raise EOFError("the boss closed its end")
+                token = unpack_from(data)[0]
+                report_fd = None
+                for level, kind, fds in extra:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(fds) >= 4:
+                        report_fd = int.from_bytes(fds[:4], byteorder)
+                        if not cloexec:
+                            os.set_inheritable(report_fd, False)
+                try:
+                    ref, attributes = loads(memoryview(data)[token_size:])
+                    cls = class_from_ref(ref)
+                    if cls not in prepared:
+                        prepare_class(cls)
+                        prepared.add(cls)
+                    attributes.update(shared)
+                except Exception:  # noqa: BLE001 - hardly possible: the boss could unpickle it
+                    cls = None
+                if report_fd is None or cls is None:
+                    if report_fd is not None:
+                        close(report_fd)
+                    send(pack(REFUSED, token, 0))
+                    continue
+                try:
+                    pid = fork()
+                except OSError as exc:
+                    close(report_fd)
+                    send(pack(REFUSED, token, exc.errno or errno.EAGAIN))
+                    continue
+                if pid == 0:
+                    _child(cls, attributes, report_fd, own, me, handlers, max_report_bytes)
+                close(report_fd)
+                children.add(pid)
+                send(pack(STARTED, token, pid))
+    except BaseException:  # noqa: BLE001 - the boss is gone or this loop broke: take the workers along
+        for pid in children:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(0)
