@@ -106,6 +106,7 @@ class RunningWorker:
         self.stop_requested = False
         self.others: list = []  # descendants outside its process group, seen when stopping
         self.lost: Optional[str] = None  # why it ended unseen (its spawner died)
+        self.end_time: Optional[float] = None  # when its report was complete, if before its exit
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -225,7 +226,7 @@ class Engine:
         return 0
 
     def _over(self) -> bool:
-        if self.workers:
+        if self.workers or self.by_pid:  # by_pid: also those that reported, until they exit
             return False
         if self.stopping is not None:
             return True
@@ -479,6 +480,11 @@ class Engine:
                 return
             if not data:
                 self._close_channel(worker)
+                if not worker.finished and isinstance(worker.outcome, tuple) and worker.outcome[0] == OK:
+                    # Its task is over and reported; only its exit remains: the slot is free now.
+                    worker.end_time = time.time()
+                    self.workers.pop(worker.name, None)
+                    self.dirty = True
                 return
             for message in worker.decoder.feed(data):
                 if worker.outcome is None:
@@ -597,7 +603,7 @@ class Engine:
             "instructions": worker.instructions,
             "pid": worker.pid,
             "start_time": worker.start_time,
-            "end_time": time.time(),
+            "end_time": worker.end_time or time.time(),
             "exitcode": exitcode,
         }
         outcome = worker.outcome
@@ -682,6 +688,7 @@ class Engine:
 
     # ------------------------------------------------------- stopping, deadlines
     def _stop_workers(self, why: str) -> None:
+        # Not those that have reported (see _read_report): only os._exit is left for them to do.
         workers = [w for w in self.workers.values() if not (w.finished or w.stop_requested)]
         trees = LocalProcesses.descendants(w.pid for w in workers if w.pid is not None) if workers else {}
         for worker in workers:

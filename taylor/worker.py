@@ -255,10 +255,12 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
     """Body of a worker process: build the worker from its resolved footprint
     ``attributes``, run the task, send one message on ``fd``, exit.
 
-    Never returns: the process ends with ``os._exit`` so that the boss's (and
-    the caller's) ``atexit`` handlers and buffered files are not run twice.
+    What the task printed is flushed before the report goes: once the report
+    is in and ``fd`` closed, the boss counts the task as over and gives its
+    slot to the next one, while this process is torn down.  Never returns:
+    the process ends with ``os._exit`` so that the boss's (and the caller's)
+    ``atexit`` handlers and buffered files are not run twice.
     """
-    code = 0
     try:
         outcome = _outcome(cls, attributes)
         try:
@@ -268,17 +270,22 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
         except Exception as exc:  # noqa: BLE001 - pickling can fail in many ways
             data = wire.encode((UNSENDABLE, ReportError(
                 f"its report could not be pickled: {type(exc).__name__}: {exc}")))
+        _flush_output()
         wire.write_all(fd, data)
+        os.close(fd)
     except BaseException:  # noqa: BLE001 - last resort: say so on stderr, exit non-zero
-        code = 70
         try:
             traceback.print_exc()
         except BaseException:  # noqa: BLE001
             pass
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:  # noqa: BLE001
-                pass
-        os._exit(code)
+        _flush_output()
+        os._exit(70)
+    os._exit(0)
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a closed or broken stream must not stop the report
+            pass
