@@ -9,6 +9,7 @@ costs a copy-on-write fault, so the child does as little as it can.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -21,13 +22,17 @@ try:  # signal.signal's wrapper builds enums: in a fresh fork that costs ~40 pag
 except ImportError:  # not CPython
     _signal = signal  # type: ignore[assignment]
 
-__all__ = ["Handlers", "fork_worker", "set_parent_death_signal", "set_process_name", "worker_handlers"]
+__all__ = ["STOPPING", "Handlers", "fork_worker", "set_parent_death_signal", "set_process_name", "worker_handlers"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
 #: (signal number, handler) pairs a worker sets at its start.
 Handlers = Sequence[Tuple[int, Any]]
+
+#: Signals blocked across a fork until the worker has set its handlers: a stop
+#: sent to a worker in its first microseconds must not meet its parent's handler.
+STOPPING = frozenset({int(signal.SIGTERM), int(signal.SIGINT)})
 
 
 def _load_prctl() -> Optional[Callable[..., int]]:
@@ -60,24 +65,25 @@ def set_process_name(name: str) -> None:
         _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
 
 
-def worker_handlers(sigpipe: Any, sigint: Any = None) -> Handlers:
+def worker_handlers(sigpipe: Any) -> Handlers:
     """The signal handlers a worker sets: SIGTERM at its default (it ends the worker),
-    and the caller's SIGPIPE (the boss ignores it) and SIGINT when the forking
-    process changed them.  Handlers are raw values from ``_signal.getsignal``.
+    and the caller's SIGPIPE (the boss ignores it).  SIGINT keeps the caller's
+    handler, which neither the boss nor the spawner change.  Handlers are raw
+    values from ``_signal.getsignal``.
     """
     handlers = [(int(signal.SIGTERM), _signal.SIG_DFL)]
     if sigpipe not in (None, _signal.SIG_IGN):
         handlers.append((int(signal.SIGPIPE), sigpipe))
-    if sigint is not None:
-        handlers.append((int(signal.SIGINT), sigint))
     return handlers
 
 
 def _become_worker(parent: int, handlers: Handlers) -> None:
     """Child-side set-up: own process group, die with the parent, the worker's signals.
 
-    The boss's (or spawner's) no-op SIGCHLD handler is harmless in a worker
-    and gone at ``exec``.
+    SIGTERM and SIGINT come blocked from the parent (see :data:`STOPPING`):
+    one sent now waits until the worker's own handlers are set.  The boss's
+    (or spawner's) no-op SIGCHLD handler is harmless in a worker and gone at
+    ``exec``.
     """
     os.setpgid(0, 0)
     set_parent_death_signal(signal.SIGKILL)
@@ -86,6 +92,7 @@ def _become_worker(parent: int, handlers: Handlers) -> None:
     _signal.set_wakeup_fd(-1)
     for signum, handler in handlers:
         _signal.signal(signum, handler)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, STOPPING)
 
 
 def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_fds: Iterable[int],
@@ -95,9 +102,15 @@ def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_
     descriptors).  The caller closes ``report_fd`` on its side.
     """
     parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes)
+    gc.freeze()  # see the spawner: a worker's collections then leave the inherited heap alone
+    blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, STOPPING)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes)
+    finally:
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)  # never reached in the child
+        gc.unfreeze()
     return pid
 
 

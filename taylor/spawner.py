@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import array
 import errno
+import gc
 import os
 import pickle
 import select
@@ -34,7 +35,7 @@ import struct
 import sys
 from typing import Any, Dict, Iterable, List, Mapping, NoReturn, Optional, Set, Tuple
 
-from .forking import Handlers, _child, _signal, set_parent_death_signal, set_process_name
+from .forking import STOPPING, Handlers, _child, _signal, set_parent_death_signal, set_process_name
 from .instructions import class_from_ref, class_ref, remember_classes
 from .worker import prepare_class
 
@@ -179,11 +180,9 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
             os.close(fd)
         except OSError:
             pass
-    # The spawner ignores SIGINT and SIGTERM (the boss ends it by closing its socket, or dying);
-    # its workers get the boss's back.
-    handlers = list(handlers) + [(int(signal.SIGINT), _signal.getsignal(signal.SIGINT))]
-    _signal.signal(signal.SIGINT, _signal.SIG_IGN)
-    _signal.signal(signal.SIGTERM, _signal.SIG_IGN)
+    # SIGINT and SIGTERM stay blocked here (the boss ends the spawner by closing its socket, or
+    # dying); each worker unblocks them once its own handlers are set.
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, STOPPING)
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != boss:
         os._exit(0)
@@ -194,6 +193,9 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     _signal.signal(signal.SIGCHLD, _note_signal)
     remember_classes()  # each request then finds its class with a dict look-up
+    # What the workers inherit is never garbage to them: frozen, a collection in a worker does not
+    # touch (and so copy) it; a full one would otherwise copy most of the heap (1,465 pages here).
+    gc.freeze()
     me = os.getpid()
     own = [sock.fileno(), wake_r, wake_w]
     children: Set[int] = set()
@@ -201,9 +203,12 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     waiter = select.poll()
     waiter.register(sock, select.POLLIN)
     waiter.register(wake_r, select.POLLIN)
-    recvmsg, send, fork, close, read, waitpid = sock.recvmsg, sock.send, os.fork, os.close, os.read, os.waitpid
+    recvmsg, send, fork, close, read, waitpid = sock.recvmsg_into, sock.send, os.fork, os.close, os.read, os.waitpid
     loads, pack, unpack_from = pickle.loads, _NEWS.pack, _TOKEN.unpack_from
-    size, ancillary, token_size = _TOKEN.size + MAX_REQUEST + 1, socket.CMSG_SPACE(4), _TOKEN.size
+    ancillary, token_size = socket.CMSG_SPACE(4), _TOKEN.size
+    buffer = bytearray(_TOKEN.size + MAX_REQUEST + 1)  # one buffer for all requests: no allocation each
+    view = memoryview(buffer)
+    buffers = [buffer]
     byteorder = sys.byteorder
     cloexec = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # a received descriptor is inheritable otherwise
     try:
@@ -226,10 +231,10 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                         children.discard(pid)
                         send(pack(EXITED, pid, status))
                     continue
-                data, extra, _, _ = recvmsg(size, ancillary, cloexec)
-                if not data:
+                length, extra, _, _ = recvmsg(buffers, ancillary, cloexec)
+                if not length:
                     raise EOFError("the boss closed its end")
-                token = unpack_from(data)[0]
+                token = unpack_from(buffer)[0]
                 report_fd = None
                 for level, kind, fds in extra:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(fds) >= 4:
@@ -237,7 +242,7 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                         if not cloexec:
                             os.set_inheritable(report_fd, False)
                 try:
-                    ref, attributes = loads(memoryview(data)[token_size:])
+                    ref, attributes = loads(view[token_size:length])
                     cls = class_from_ref(ref)
                     if cls not in prepared:
                         prepare_class(cls)

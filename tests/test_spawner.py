@@ -1,0 +1,160 @@
+"""The spawner process: who forks the workers, and what happens when it is gone."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import sys
+import time
+
+import faultworkers  # noqa: F401 - registers Crasher before any Boss exists
+import psutil
+import pytest
+from processes import SPAWNER, gone, kill
+
+import taylor
+from taylor import Worker, batch_main, run_as_server
+from taylor.schedulers import LaxistScheduler, MaxThreadsScheduler
+from taylor.spawner import MAX_REQUEST
+
+if not sys.platform.startswith("linux"):
+    pytest.skip("reads /proc", allow_module_level=True)
+
+
+class Family(Worker):
+    """Reports who forked it, and whether what it inherited is frozen for the garbage collector."""
+
+    _footprint = dict(attr=dict(family=dict(type=bool, values=[True]),
+                                ballast=dict(optional=True, default="")))
+
+    def _task(self):
+        with open(f"/proc/{os.getppid()}/comm") as comm:
+            parent = comm.read().strip()
+        return dict(parent=parent, parent_pid=os.getppid(), frozen=gc.get_freeze_count())
+
+
+def test_workers_are_forked_by_the_spawner_and_inherit_a_frozen_heap():
+    report = batch_main(dict(family=True), dict(value=[1, 2, 3]), print_report=False)
+    assert report.ok
+    parents = {entry["report"]["parent_pid"] for entry in report.workers}
+    assert len(parents) == 1  # one spawner for the run
+    for entry in report.workers:
+        assert entry["report"]["parent"] == SPAWNER
+        assert entry["report"]["frozen"] > 1000  # a full collection in the worker skips the inherited heap
+
+
+def test_instructions_too_large_to_send_are_forked_by_the_boss_itself():
+    big = "x" * (MAX_REQUEST + 1)
+    report = batch_main(dict(family=True), dict(ballast=["", big]), print_report=False)
+    assert report.ok
+    by_size = {len(e["instructions"]["ballast"]): e["report"] for e in report.workers}
+    assert by_size[0]["parent"] == SPAWNER
+    assert by_size[len(big)]["parent"] != SPAWNER and by_size[len(big)]["frozen"] > 1000
+    assert by_size[len(big)]["parent_pid"] != by_size[0]["parent_pid"]
+
+
+def test_without_a_spawner_the_boss_forks_every_worker(monkeypatch):
+    monkeypatch.setenv("TAYLOR_SPAWNER", "0")
+    boss = run_as_server(dict(family=True), dict(value=[1, 2]))
+    try:
+        report = boss.wait_till_finished()
+        assert report.ok
+        assert {e["report"]["parent_pid"] for e in report.workers} == {boss.pid}
+    finally:
+        boss.close()
+
+
+def _spawner_of(boss, with_workers: bool = True) -> psutil.Process:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for child in psutil.Process(boss.pid).children():
+            if child.name() == SPAWNER and (child.children() or not with_workers):
+                return child
+        time.sleep(0.01)
+    raise AssertionError("no spawner" + (" with workers" if with_workers else ""))
+
+
+@pytest.mark.parametrize("on_error", ["continue", "abort"])
+def test_a_killed_spawner_takes_its_workers_along_and_the_boss_goes_on(on_error):
+    """SIGKILL the spawner while two workers hang: they die with it (parent-death signal) and
+    are reported so; with on_error='continue' the tasks still pending run, forked by the boss."""
+    boss = run_as_server(None, dict(crash=["hang", "hang", "ok", "ok"]), on_error=on_error,
+                         scheduler=MaxThreadsScheduler(max_threads=2), stop_grace=0.5)
+    started = []
+    try:
+        spawner = _spawner_of(boss)
+        deadline = time.monotonic() + 10
+        while len(spawner.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = [spawner.pid] + [p.pid for p in spawner.children()]
+        spawner.kill()
+        if on_error == "abort":
+            with pytest.raises(taylor.WorkerDiedError, match="killed with the spawner process") as info:
+                boss.wait_till_finished()
+            report = info.value.report
+            assert len(report["pending"]) == 2
+        else:
+            report = boss.wait_till_finished()
+            by_crash = {}
+            for entry in report.workers:
+                by_crash.setdefault(entry["instructions"]["crash"], []).append(entry)
+            assert [e["report"] for e in by_crash["ok"]] == ["fine", "fine"]
+            for entry in by_crash["hang"]:
+                assert entry["status"] == "failed"
+                assert "killed with the spawner process" in str(entry["report"])
+        assert not gone(started, 5), "the spawner or a worker survived"
+    finally:
+        boss.close()
+        kill(started)
+
+
+def test_workers_stopped_before_their_pid_was_known_get_the_graceful_stop():
+    """STOP_RIGHTNOW reaches the boss before the spawner has forked the workers (it is
+    stopped with SIGSTOP meanwhile): each gets SIGTERM as soon as it exists, and not in
+    its first microseconds only to meet the spawner's handlers."""
+    boss = taylor.Boss(scheduler=LaxistScheduler(), stop_grace=5.0)
+    spawner = None
+    try:
+        spawner = _spawner_of(boss, with_workers=False)
+        spawner.suspend()
+        boss.set_instructions(None, dict(crash=["hang"] * 4))
+        boss.make_them_work()
+        deadline = time.monotonic() + 10
+        while boss.get_report()["counts"]["running"] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        boss.stop_them_working()
+        time.sleep(0.1)  # the boss has the order, and nobody to send it to yet
+        spawner.resume()
+        report = boss.wait_till_finished()
+        assert report["status"] == "stopped"
+        # The graceful SIGTERM, not the SIGKILL that would end the 5 s grace.
+        assert [(e["status"], e["exitcode"]) for e in report.workers] == [("stopped", -signal.SIGTERM)] * 4
+        assert not gone([e["pid"] for e in report.workers], 3)
+    finally:
+        if spawner is not None:
+            try:
+                spawner.resume()
+            except psutil.Error:
+                pass
+        boss.close()
+
+
+def test_the_spawner_ignores_sigterm_sent_to_the_boss_process_group():
+    """A SIGTERM to the boss's group is the boss's to act on (stop its workers, report):
+    the spawner stays to reap them."""
+    boss = run_as_server(None, dict(crash=["hang", "hang"]), scheduler=LaxistScheduler(), stop_grace=0.5)
+    started = []
+    try:
+        spawner = _spawner_of(boss)
+        started = [spawner.pid] + [p.pid for p in spawner.children()]
+        os.killpg(os.getpgid(boss.pid), signal.SIGTERM)
+        with pytest.raises(taylor.TaylorError, match="SIGTERM") as info:
+            boss.wait_till_finished()
+        entries = info.value.report["workers_report"]
+        assert [(e["status"], e["exitcode"]) for e in entries] == [("stopped", -signal.SIGTERM)] * 2
+        assert not gone(started, 5)
+    finally:
+        boss.close()
+        kill(started)
