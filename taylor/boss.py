@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import time
 import weakref
-from multiprocessing.connection import wait as _wait
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from . import wire
@@ -523,6 +524,14 @@ class Boss:
     def __repr__(self) -> str:
         state = "ended" if self._final is not None else "running"
         return f"<taylor.Boss{self._label()} pid={self.pid} {state}, {len(self._entries)} entries>"
+
+
+def _wait(fds: List[int], timeout: Optional[float]) -> List[int]:
+    """Those of ``fds`` readable (or at their end) within ``timeout`` seconds (None: no limit)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(None if timeout is None else math.ceil(timeout * 1000))]
 
 
 @contextlib.contextmanager

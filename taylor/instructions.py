@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import footprints
@@ -146,6 +145,14 @@ def _best_fit(collector: Any, description: Dict[str, Any]):
     return cls, {k: (None if isinstance(v, str) and v == footprints.UNKNOWN else v) for k, v in resolved.items()}
 
 
+def uuid4() -> str:
+    """A random worker name.  ``uuid`` is imported here, when first needed: by then the boss
+    (and its spawner) are forked, and every fork is smaller without it."""
+    import uuid
+
+    return str(uuid.uuid4())
+
+
 def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = (),
             taken: Optional[set] = None, visible: Optional[frozenset] = None) -> List[Instructions]:
     """Choose each row's Worker class and name; refuse what cannot run.
@@ -189,7 +196,7 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
                 "creating the Boss")
         name = resolved.get("name")
         if name is None:
-            name = str(uuid.uuid4())
+            name = str(uuid4())
         elif not isinstance(name, str):
             name = str(name)
         if name in taken or name in new_names:

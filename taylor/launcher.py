@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
-
-import psutil
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .forking import _signal, fork_worker, set_parent_death_signal, worker_handlers
 from .spawner import News, Spawner
 from .worker import DirectSpec, direct_capable, direct_outcome, instantiate, prepare_class
+
+if TYPE_CHECKING:
+    import psutil
 
 __all__ = ["LocalProcesses", "Started", "set_parent_death_signal", "spawn"]
 
@@ -224,6 +225,8 @@ class LocalProcesses:
         One look at the process table serves all of them: stopping a thousand
         workers must not scan the table a thousand times.
         """
+        import psutil  # here, not at the top: the spawner, and so every fork, is smaller without it
+
         children: Dict[int, List[psutil.Process]] = {}
         for proc in psutil.process_iter(["ppid"]):
             ppid = proc.info["ppid"]
@@ -252,5 +255,5 @@ class LocalProcesses:
         for proc in others:
             try:
                 proc.send_signal(signum)  # psutil checks the pid was not reused
-            except psutil.Error:
+            except Exception:  # noqa: BLE001 - psutil.Error: gone, or not ours
                 pass
