@@ -281,6 +281,8 @@ class Engine:
 
     def _on_signal(self, name: str) -> None:
         if name == "SEND_REPORT":
+            if self.spawner_fd is not None:  # what the spawner said before now is part of the state
+                self._spawner_news()
             if self.dirty:  # report the state after the decisions already due, not before them
                 self._dispatch()
             self._send(("status", self._status_payload()))

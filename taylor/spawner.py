@@ -13,9 +13,11 @@ nobody waits for an answer:
 
 * boss to spawner: a token, then the pickled (class reference, attributes),
   with the write end of the worker's report pipe attached (``SCM_RIGHTS``);
-* spawner to boss: ``STARTED token pid``; ``REFUSED token errno`` when the
-  fork failed or (errno 0) the request could not be read; ``EXITED pid
-  status`` when it reaps a worker.
+* spawner to boss: ``READY`` once set up (until then the boss forks workers
+  itself, so that the first task does not wait for the spawner's start);
+  ``STARTED token pid``; ``REFUSED token errno`` when the fork failed or
+  (errno 0) the request could not be read; ``EXITED pid status`` when it
+  reaps a worker.
 
 If the boss dies the kernel kills the spawner (parent-death signal), which
 kills the workers the same way.
@@ -50,7 +52,7 @@ MAX_REQUEST = 1 << 16
 
 _TOKEN = struct.Struct("<Q")
 _NEWS = struct.Struct("<cqq")
-STARTED, REFUSED, EXITED = b"S", b"R", b"E"
+STARTED, REFUSED, EXITED, READY = b"S", b"R", b"E", b"Y"
 
 #: (kind, first, second): (STARTED, token, pid), (REFUSED, token, errno), (EXITED, pid, wait status).
 News = Tuple[bytes, int, int]
@@ -63,6 +65,7 @@ class Spawner:
         self.sock = sock
         self.pid: Optional[int] = pid
         self.alive = True
+        self.ready = False  # until it says so, the boss forks workers itself: the first task waits for nothing
         self.asked: Set[int] = set()  # tokens of requests not answered yet
         self.spawned: Set[int] = set()  # pids of running workers it forked
         self._token = 0
@@ -103,7 +106,7 @@ class Spawner:
         boss must fork it itself: the request is too large or not picklable, the
         spawner is busy with many requests already, or gone.
         """
-        if not self.alive:
+        if not (self.alive and self.ready):
             return None
         try:
             payload = pickle.dumps((class_ref(cls), attributes), protocol=pickle.HIGHEST_PROTOCOL)
@@ -139,6 +142,9 @@ class Spawner:
                 break
             news = _NEWS.unpack(data)
             kind, first, second = news
+            if kind == READY:
+                self.ready = True
+                continue
             if kind == EXITED:
                 self.spawned.discard(first)
             else:
@@ -212,6 +218,7 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     byteorder = sys.byteorder
     cloexec = getattr(socket, "MSG_CMSG_CLOEXEC", 0)  # a received descriptor is inheritable otherwise
     try:
+        send(pack(READY, 0, 0))
         while True:
             for fd, _ in waiter.poll():
                 if fd == wake_r:

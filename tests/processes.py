@@ -27,6 +27,23 @@ def workers_of(pid: int) -> List[psutil.Process]:
     return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+def spawner_of(boss) -> psutil.Process:
+    """The spawner of ``boss`` once it is ready: it has sent the boss its word and waits in its
+    loop, and the boss has read that word (a report request makes it read what the spawner
+    said).  From then on the spawner forks every worker with small instructions."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for child in psutil.Process(boss.pid).children():
+            try:
+                if child.name() == SPAWNER and child.status() == psutil.STATUS_SLEEPING:
+                    boss.get_report()
+                    return child
+            except psutil.Error:
+                pass
+        time.sleep(0.005)
+    raise AssertionError(f"boss {boss.pid} has no ready spawner")
+
+
 def alive(pids: Iterable[int]) -> List[int]:
     """Those of ``pids`` still running (a zombie has ended: only its parent's wait is missing)."""
     running = []

@@ -11,10 +11,10 @@ import time
 import faultworkers  # noqa: F401 - registers Crasher before any Boss exists
 import psutil
 import pytest
-from processes import SPAWNER, gone, kill
+from processes import SPAWNER, gone, kill, spawner_of
 
 import taylor
-from taylor import Worker, batch_main, run_as_server
+from taylor import Worker, run_as_server
 from taylor.schedulers import LaxistScheduler, MaxThreadsScheduler
 from taylor.spawner import MAX_REQUEST
 
@@ -34,8 +34,20 @@ class Family(Worker):
         return dict(parent=parent, parent_pid=os.getppid(), frozen=gc.get_freeze_count())
 
 
+def _run_when_ready(common, individual, **options):
+    """Run once the spawner is ready (before, the boss forks the first workers itself)."""
+    boss = taylor.Boss(**options)
+    try:
+        spawner_of(boss)
+        boss.set_instructions(common, individual)
+        boss.make_them_work()
+        return boss.wait_till_finished()
+    finally:
+        boss.close()
+
+
 def test_workers_are_forked_by_the_spawner_and_inherit_a_frozen_heap():
-    report = batch_main(dict(family=True), dict(value=[1, 2, 3]), print_report=False)
+    report = _run_when_ready(dict(family=True), dict(value=[1, 2, 3]))
     assert report.ok
     parents = {entry["report"]["parent_pid"] for entry in report.workers}
     assert len(parents) == 1  # one spawner for the run
@@ -46,7 +58,7 @@ def test_workers_are_forked_by_the_spawner_and_inherit_a_frozen_heap():
 
 def test_instructions_too_large_to_send_are_forked_by_the_boss_itself():
     big = "x" * (MAX_REQUEST + 1)
-    report = batch_main(dict(family=True), dict(ballast=["", big]), print_report=False)
+    report = _run_when_ready(dict(family=True), dict(ballast=["", big]))
     assert report.ok
     by_size = {len(e["instructions"]["ballast"]): e["report"] for e in report.workers}
     assert by_size[0]["parent"] == SPAWNER
@@ -65,25 +77,16 @@ def test_without_a_spawner_the_boss_forks_every_worker(monkeypatch):
         boss.close()
 
 
-def _spawner_of(boss, with_workers: bool = True) -> psutil.Process:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for child in psutil.Process(boss.pid).children():
-            if child.name() == SPAWNER and (child.children() or not with_workers):
-                return child
-        time.sleep(0.01)
-    raise AssertionError("no spawner" + (" with workers" if with_workers else ""))
-
-
 @pytest.mark.parametrize("on_error", ["continue", "abort"])
 def test_a_killed_spawner_takes_its_workers_along_and_the_boss_goes_on(on_error):
     """SIGKILL the spawner while two workers hang: they die with it (parent-death signal) and
     are reported so; with on_error='continue' the tasks still pending run, forked by the boss."""
-    boss = run_as_server(None, dict(crash=["hang", "hang", "ok", "ok"]), on_error=on_error,
-                         scheduler=MaxThreadsScheduler(max_threads=2), stop_grace=0.5)
+    boss = taylor.Boss(on_error=on_error, scheduler=MaxThreadsScheduler(max_threads=2), stop_grace=0.5)
     started = []
     try:
-        spawner = _spawner_of(boss)
+        spawner = spawner_of(boss)
+        boss.set_instructions(None, dict(crash=["hang", "hang", "ok", "ok"]))
+        boss.make_them_work()
         deadline = time.monotonic() + 10
         while len(spawner.children()) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -116,7 +119,7 @@ def test_workers_stopped_before_their_pid_was_known_get_the_graceful_stop():
     boss = taylor.Boss(scheduler=LaxistScheduler(), stop_grace=5.0)
     spawner = None
     try:
-        spawner = _spawner_of(boss, with_workers=False)
+        spawner = spawner_of(boss)
         spawner.suspend()
         boss.set_instructions(None, dict(crash=["hang"] * 4))
         boss.make_them_work()
@@ -144,10 +147,15 @@ def test_workers_stopped_before_their_pid_was_known_get_the_graceful_stop():
 def test_the_spawner_ignores_sigterm_sent_to_the_boss_process_group():
     """A SIGTERM to the boss's group is the boss's to act on (stop its workers, report):
     the spawner stays to reap them."""
-    boss = run_as_server(None, dict(crash=["hang", "hang"]), scheduler=LaxistScheduler(), stop_grace=0.5)
+    boss = taylor.Boss(scheduler=LaxistScheduler(), stop_grace=0.5)
     started = []
     try:
-        spawner = _spawner_of(boss)
+        spawner = spawner_of(boss)
+        boss.set_instructions(None, dict(crash=["hang", "hang"]))
+        boss.make_them_work()
+        deadline = time.monotonic() + 10
+        while len(spawner.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         started = [spawner.pid] + [p.pid for p in spawner.children()]
         os.killpg(os.getpgid(boss.pid), signal.SIGTERM)
         with pytest.raises(taylor.TaylorError, match="SIGTERM") as info:
