@@ -22,7 +22,8 @@ try:  # signal.signal's wrapper builds enums: in a fresh fork that costs ~40 pag
 except ImportError:  # not CPython
     _signal = signal  # type: ignore[assignment]
 
-__all__ = ["STOPPING", "Handlers", "fork_worker", "set_parent_death_signal", "set_process_name", "worker_handlers"]
+__all__ = ["STOPPING", "Handlers", "fork_worker", "process_name", "set_parent_death_signal", "set_process_name",
+           "worker_handlers"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -59,10 +60,19 @@ def set_parent_death_signal(signum: int) -> bool:
     return _prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
 
 
-def set_process_name(name: str) -> None:
+def set_process_name(name: bytes) -> None:
     """Name this process (as ``ps`` and ``top`` show it; 15 bytes at most), where Linux allows."""
     if _prctl is not None:
-        _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+        _prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+
+
+def process_name() -> Optional[bytes]:
+    """This process's name, as :func:`set_process_name` takes it; None where unknown."""
+    try:
+        with open("/proc/self/comm", "rb") as comm:
+            return comm.read().rstrip(b"\n")
+    except OSError:
+        return None
 
 
 def worker_handlers(sigpipe: Any) -> Handlers:
@@ -77,7 +87,7 @@ def worker_handlers(sigpipe: Any) -> Handlers:
     return handlers
 
 
-def _become_worker(parent: int, handlers: Handlers) -> None:
+def _become_worker(parent: int, handlers: Handlers, name: Optional[bytes]) -> None:
     """Child-side set-up: own process group, die with the parent, the worker's signals.
 
     SIGTERM and SIGINT come blocked from the parent (see :data:`STOPPING`):
@@ -89,6 +99,8 @@ def _become_worker(parent: int, handlers: Handlers) -> None:
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(72)
+    if name is not None:  # the spawner's child: its name back (the parent's name is inherited)
+        set_process_name(name)
     _signal.set_wakeup_fd(-1)
     for signum, handler in handlers:
         _signal.signal(signum, handler)
@@ -107,7 +119,7 @@ def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_
     try:
         pid = os.fork()
         if pid == 0:
-            _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes)
+            _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes, None)
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)  # never reached in the child
         gc.unfreeze()
@@ -115,14 +127,14 @@ def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_
 
 
 def _child(cls: type, attributes: Mapping[str, Any], report_fd: int, close_fds: Iterable[int], parent: int,
-           handlers: Handlers, max_report_bytes: int) -> NoReturn:
+           handlers: Handlers, max_report_bytes: int, name: Optional[bytes]) -> NoReturn:
     try:
         for fd in close_fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        _become_worker(parent, handlers)
+        _become_worker(parent, handlers, name)
     except BaseException:  # noqa: BLE001 - never fall back into the parent's loop
         os._exit(71)
     run_child(cls, attributes, report_fd, max_report_bytes)

@@ -37,14 +37,22 @@ import struct
 import sys
 from typing import Any, Dict, Iterable, List, Mapping, NoReturn, Optional, Set, Tuple
 
-from .forking import STOPPING, Handlers, _child, _signal, set_parent_death_signal, set_process_name
+from .forking import (
+    STOPPING,
+    Handlers,
+    _child,
+    _signal,
+    process_name,
+    set_parent_death_signal,
+    set_process_name,
+)
 from .instructions import class_from_ref, class_ref, remember_classes
 from .worker import prepare_class
 
 __all__ = ["MAX_REQUEST", "NAME", "Spawner"]
 
 #: The spawner's process name, as ``ps`` shows it.
-NAME = "taylor-spawner"
+NAME = b"taylor-spawner"
 
 #: Largest request (pickled attributes) sent to the spawner; larger ones are forked by the boss,
 #: whose fork shares them with the worker for free.
@@ -192,6 +200,7 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != boss:
         os._exit(0)
+    name = process_name()  # the workers get it back
     set_process_name(NAME)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -269,7 +278,7 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                     send(pack(REFUSED, token, exc.errno or errno.EAGAIN))
                     continue
                 if pid == 0:
-                    _child(cls, attributes, report_fd, own, me, handlers, max_report_bytes)
+                    _child(cls, attributes, report_fd, own, me, handlers, max_report_bytes, name)
                 close(report_fd)
                 children.add(pid)
                 send(pack(STARTED, token, pid))

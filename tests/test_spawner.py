@@ -31,7 +31,9 @@ class Family(Worker):
     def _task(self):
         with open(f"/proc/{os.getppid()}/comm") as comm:
             parent = comm.read().strip()
-        return dict(parent=parent, parent_pid=os.getppid(), frozen=gc.get_freeze_count())
+        with open("/proc/self/comm") as comm:
+            name = comm.read().strip()
+        return dict(parent=parent, parent_pid=os.getppid(), name=name, frozen=gc.get_freeze_count())
 
 
 def _run_when_ready(common, individual, **options):
@@ -51,8 +53,11 @@ def test_workers_are_forked_by_the_spawner_and_inherit_a_frozen_heap():
     assert report.ok
     parents = {entry["report"]["parent_pid"] for entry in report.workers}
     assert len(parents) == 1  # one spawner for the run
+    with open("/proc/self/comm") as comm:
+        ours = comm.read().strip()
     for entry in report.workers:
         assert entry["report"]["parent"] == SPAWNER
+        assert entry["report"]["name"] == ours  # as ps shows it: the script's name, not the spawner's
         assert entry["report"]["frozen"] > 1000  # a full collection in the worker skips the inherited heap
 
 
