@@ -277,7 +277,9 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
             data = wire.encode((UNSENDABLE, ReportError(
                 f"its report could not be pickled: {type(exc).__name__}: {exc}")))
         _flush_output()
-        wire.write_all(fd, data)
+        written = os.write(fd, data)  # a report fits the pipe in one write, nearly always
+        if written < len(data):
+            wire.write_all(fd, memoryview(data)[written:])
         os.close(fd)
     except BaseException:  # noqa: BLE001 - last resort: say so on stderr, exit non-zero
         try:
