@@ -116,16 +116,15 @@ class Spawner:
         """
         if not (self.alive and self.ready):
             return None
+        payload = _Capped(MAX_REQUEST)
         try:
-            payload = pickle.dumps((class_ref(cls), attributes), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 - the boss's own fork needs no pickling
-            return None
-        if len(payload) > MAX_REQUEST:
+            pickle.Pickler(payload, protocol=pickle.HIGHEST_PROTOCOL).dump((class_ref(cls), attributes))
+        except Exception:  # noqa: BLE001 - too large, or not picklable: the boss's own fork needs no pickling
             return None
         self._token += 1
         fds = array.array("i", [report_fd])
         try:
-            self.sock.sendmsg([_TOKEN.pack(self._token), payload],
+            self.sock.sendmsg([_TOKEN.pack(self._token), payload.data],
                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
         except BlockingIOError:
             return None
@@ -174,6 +173,23 @@ class Spawner:
         except (ProcessLookupError, ChildProcessError):
             pass
         self.pid = None
+
+
+class _Capped:
+    """A file for the pickler that refuses to grow past ``limit`` bytes: 200 MiB of instructions
+    are given up on at the first 64 KiB, not pickled in full only to be found too large."""
+
+    __slots__ = ("data", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+
+    def write(self, chunk: Any) -> int:
+        if len(self.data) + len(chunk) > self.limit:
+            raise ValueError("too large for the spawner")
+        self.data += chunk
+        return len(chunk)
 
 
 # ---------------------------------------------------------------- the spawner process

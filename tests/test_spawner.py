@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 import sys
 import time
@@ -171,3 +172,15 @@ def test_the_spawner_ignores_sigterm_sent_to_the_boss_process_group():
     finally:
         boss.close()
         kill(started)
+
+
+def test_a_request_too_large_for_the_spawner_is_given_up_on_without_pickling_it_all():
+    from taylor.spawner import _Capped
+
+    capped = _Capped(MAX_REQUEST)
+    with pytest.raises(ValueError, match="too large"):
+        pickle.Pickler(capped, protocol=pickle.HIGHEST_PROTOCOL).dump(("ref", {"data": b"x" * (50 << 20)}))
+    assert len(capped.data) <= MAX_REQUEST
+    small = _Capped(MAX_REQUEST)
+    pickle.Pickler(small, protocol=pickle.HIGHEST_PROTOCOL).dump(("ref", {"n": 1}))
+    assert pickle.loads(small.data) == ("ref", {"n": 1})
