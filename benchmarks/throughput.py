@@ -3,9 +3,12 @@
 No-op workers, one process each, two at a time.  Each measurement runs in a
 fresh process; the three contenders alternate round by round so that they
 share the machine's mood.  The raw loop imports what taylor imports, so its
-parent has the same size as taylor's boss.  Also measured: the boss's CPU use
-while two workers sleep, and the latency from ``run_as_server`` to the first
-worker starting.
+parent has the same size as taylor's boss.  The measuring process imports
+nothing else: ``statistics`` is imported only where results are summed up, as
+it imports ``random``, which Python reseeds in every forked child (about
+0.1 ms each, for all three contenders alike).  Also measured: the boss's CPU
+use while two workers sleep, and the latency from ``run_as_server`` to the
+first worker starting.
 
     python benchmarks/throughput.py                 # 1000 tasks, 5 rounds
     python benchmarks/throughput.py --tasks 2000 --rounds 7 --no-taylorism
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -134,6 +136,7 @@ def idle_cpu(which: str, seconds: float = 5.0) -> float:
 
 def latency(which: str, trials: int = 15) -> float:
     """Median seconds from calling run_as_server to the first worker's task starting."""
+    import statistics
     samples = []
     if which == "taylor":
         import taylor as lib
@@ -183,6 +186,7 @@ def measure(python: str, what: str, *args: str) -> float:
 
 
 def main() -> None:
+    import statistics  # not at the top: it imports random, which Python reseeds in every fork
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
