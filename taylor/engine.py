@@ -1,13 +1,16 @@
 """The boss process: one event loop over control, reports and ended children.
 
 The loop sleeps in a single ``epoll`` wait over the control channel (instructions
-and signals from the caller), every running worker's report channel, a
-self-pipe woken by SIGCHLD and SIGTERM, and (where the kernel offers it) a pidfd
-of the caller.  Its only timeout is the nearest deadline (a worker's timeout,
-or the grace before a SIGKILL): an idle boss uses no CPU.
+and signals from the caller), every running worker's report channel, the
+spawner's socket (workers it forked, and reaped), a self-pipe woken by SIGCHLD
+and SIGTERM, and (where the kernel offers it) a pidfd of the caller.  Its only
+timeout is the nearest deadline (a worker's timeout, or the grace before a
+SIGKILL): an idle boss uses no CPU.
 
-Every worker ends in exactly one entry, built when its process is reaped:
-the report it sent, else the exception it sent, else what killed it.  Entries
+Every worker ends in exactly one entry, built when its process is reaped (by
+the spawner, which says so, or by the boss): the report it sent, else the
+exception it sent, else what killed it.  Its slot is free earlier, as soon as
+its report is in and its channel closed.  Entries
 are streamed to the caller as they are made, so the boss keeps nothing that
 grows with the number of tasks, and a caller keeps every finished report even
 if the boss is killed.
