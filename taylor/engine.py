@@ -566,7 +566,9 @@ class Engine:
         asked, spawned = self.launcher.close()
         why = "was killed with the spawner process that forked it"
         for token in asked:
-            self._lost(self.asked.pop(token), why)
+            worker = self.asked.pop(token, None)
+            if worker is not None:
+                self._lost(worker, why)
         for pid in spawned:
             worker = self.by_pid.pop(pid, None)
             if worker is not None:

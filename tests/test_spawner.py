@@ -27,7 +27,8 @@ class Family(Worker):
     """Reports who forked it, and whether what it inherited is frozen for the garbage collector."""
 
     _footprint = dict(attr=dict(family=dict(type=bool, values=[True]),
-                                ballast=dict(optional=True, default="")))
+                                ballast=dict(optional=True, default=""),
+                                thing=dict(type=object, optional=True, default=None)))
 
     def _task(self):
         with open(f"/proc/{os.getppid()}/comm") as comm:
@@ -184,3 +185,34 @@ def test_a_request_too_large_for_the_spawner_is_given_up_on_without_pickling_it_
     small = _Capped(MAX_REQUEST)
     pickle.Pickler(small, protocol=pickle.HIGHEST_PROTOCOL).dump(("ref", {"n": 1}))
     assert pickle.loads(small.data) == ("ref", {"n": 1})
+
+
+class _OnlyOutsideTheSpawner:
+    """Unpickles anywhere but in a process named like the spawner (as a value of a module the
+    spawner could not import would)."""
+
+    def __reduce__(self):
+        return (_only_outside_the_spawner, ())
+
+
+def _only_outside_the_spawner():
+    with open("/proc/self/comm") as comm:
+        if comm.read().strip() == SPAWNER:
+            raise ImportError("not here")
+    return _OnlyOutsideTheSpawner()
+
+
+def test_instructions_the_spawner_cannot_read_fail_that_worker_clearly_and_nothing_hangs():
+    boss = taylor.Boss(on_error="continue")
+    try:
+        spawner_of(boss)
+        boss.set_instructions(dict(family=True), dict(thing=[_OnlyOutsideTheSpawner(), None]))
+        boss.make_them_work()
+        report = boss.wait_till_finished()
+    finally:
+        boss.close()
+    by_status = {e["status"]: e for e in report.workers}
+    assert by_status["done"]["report"]["parent"] == SPAWNER
+    failed = by_status["failed"]
+    assert isinstance(failed["report"], taylor.WorkerDiedError) and failed["pid"] is None
+    assert "could not be started (the spawner could not read its instructions)" in str(failed["report"])
