@@ -13,18 +13,42 @@ import psutil
 SPAWNER = "taylor-spawner"
 
 
+def _own_group(proc: psutil.Process) -> bool:
+    try:
+        return os.getpgid(proc.pid) == proc.pid and proc.status() != psutil.STATUS_ZOMBIE
+    except (OSError, psutil.Error):
+        return False
+
+
 def workers_of(pid: int) -> List[psutil.Process]:
-    """The running processes a boss (``pid``) started for its tasks: the children of
-    its spawner process, and its own other children (programs of command tasks)."""
+    """The running processes a boss (``pid``) started for its tasks, once each is in its own
+    process group: the children of its spawner, and its own other children (workers it
+    forked itself, programs of command tasks).
+
+    The spawner is told by its process group (the boss's), not by its name, which it takes
+    a moment after it is forked; a worker not yet in its own group is not counted yet.
+    """
     found = []
-    for child in psutil.Process(pid).children():
+    try:
+        children = psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+    for child in children:
+        if _own_group(child):
+            found.append(child)
+            continue
         try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            found += child.children() if child.name() == SPAWNER else [child]
+            found += [grandchild for grandchild in child.children() if _own_group(grandchild)]
         except psutil.Error:
             pass
-    return [p for p in found if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    return found
+
+
+def spawner_pid(boss_pid: int) -> int:
+    """The pid of the spawner of the boss ``boss_pid``: its child in its own process group."""
+    group = os.getpgid(boss_pid)
+    (pid,) = [c.pid for c in psutil.Process(boss_pid).children() if os.getpgid(c.pid) == group]
+    return pid
 
 
 def spawner_of(boss) -> psutil.Process:

@@ -18,7 +18,7 @@ import textwrap
 
 import psutil
 import pytest
-from processes import SPAWNER
+from processes import spawner_pid
 
 pytest.importorskip("numpy")
 
@@ -96,7 +96,7 @@ def test_no_shared_memory_is_left_after_every_process_is_killed():
         line = caller.stdout.readline()
         assert line, "the script ended before its workers started"
         caller_pid, boss, worker1, worker2, address, lock_fd = (int(x) for x in line.split())
-        (spawner,) = [p.pid for p in psutil.Process(boss).children() if p.name() == SPAWNER]
+        spawner = spawner_pid(boss)
         run = [caller_pid, boss, spawner, worker1, worker2]
         inode = mapping_inode(caller_pid, address)
         lock_inode = os.stat(f"/proc/{caller_pid}/fd/{lock_fd}").st_ino
