@@ -108,6 +108,7 @@ class RunningWorker:
         self.timed_out = False
         self.stop_requested = False
         self.others: list = []  # descendants outside its process group, seen when stopping
+        self.spawned = False  # forked by the spawner (it dies with it)
         self.lost: Optional[str] = None  # why it ended unseen (its spawner died)
         self.end_time: Optional[float] = None  # when its report was complete, if before its exit
 
@@ -457,6 +458,7 @@ class Engine:
         worker = RunningWorker(instructions, pid, fd, direct)
         self.workers[worker.name] = worker
         if pid is None:
+            worker.spawned = True
             self.asked[token] = worker  # the spawner forks it: its pid comes as news
         else:
             self._started(worker, pid)
@@ -563,16 +565,13 @@ class Engine:
         if self.spawner_fd is not None:
             self.poller.unregister(self.spawner_fd)
             self.spawner_fd = None
-        asked, spawned = self.launcher.close()
-        why = "was killed with the spawner process that forked it"
-        for token in asked:
-            worker = self.asked.pop(token, None)
-            if worker is not None:
-                self._lost(worker, why)
-        for pid in spawned:
-            worker = self.by_pid.pop(pid, None)
-            if worker is not None:
-                self._lost(worker, why)
+        self.launcher.close()
+        lost = [*self.asked.values(), *(w for w in self.by_pid.values() if w.spawned)]
+        self.asked.clear()
+        for worker in lost:
+            if worker.pid is not None:
+                del self.by_pid[worker.pid]
+            self._lost(worker, "was killed with the spawner process that forked it")
 
     def _lost(self, worker: RunningWorker, why: str) -> None:
         """A worker that ended unseen, or never started: a failure that says why."""

@@ -144,14 +144,11 @@ class LocalProcesses:
     def spawner_alive(self) -> bool:
         return self.spawner is not None and self.spawner.alive
 
-    def close(self) -> Tuple[List[int], List[int]]:
-        """End the spawner (if any): the tokens of the requests and the pids of the workers
-        it took along (the kernel kills its workers with it)."""
+    def close(self) -> None:
+        """End the spawner (if any); the kernel kills the workers it forked with it."""
         spawner, self.spawner = self.spawner, None
-        if spawner is None:
-            return [], []
-        spawner.close()
-        return sorted(spawner.asked), sorted(spawner.spawned)
+        if spawner is not None:
+            spawner.close()
 
     def reaped(self, pid: int) -> bool:
         """Whether ``pid``, a child the boss reaped, was the spawner."""
