@@ -33,20 +33,9 @@ THREADS = 2
 
 
 # --------------------------------------------------------------- contenders
-def _taylor_noop_class():
-    from taylor import Worker
-
-    class Noop(Worker):
-        _footprint = dict(info="no-op", attr=dict(noop=dict(type=bool, values=[True])))
-
-        def _task(self):
-            return None
-
-    return Noop
-
-
-def _taylorism_noop_class():
-    from taylorism import Worker
+def _noop_class(library: str):
+    """The no-op Worker class, defined on ``library``'s (taylor's or taylorism's) Worker."""
+    Worker = __import__(library).Worker
 
     class Noop(Worker):
         _footprint = dict(info="no-op", attr=dict(noop=dict(type=bool, values=[True])))
@@ -61,7 +50,7 @@ def run_taylor(tasks: int) -> float:
     import taylor
     from taylor.schedulers import MaxThreadsScheduler
 
-    _taylor_noop_class()
+    _noop_class("taylor")
     start = time.perf_counter()
     report = taylor.batch_main(dict(noop=True), dict(expected_time=[0.0] * tasks),
                                scheduler=MaxThreadsScheduler(max_threads=THREADS), print_report=False)
@@ -74,7 +63,7 @@ def run_taylorism(tasks: int) -> float:
     import footprints
     import taylorism
 
-    _taylorism_noop_class()
+    _noop_class("taylorism")
     start = time.perf_counter()
     boss = taylorism.run_as_server(dict(noop=True), dict(expected_time=[0.0] * tasks),
                                    scheduler=footprints.proxy.scheduler(limit="threads", max_threads=THREADS))

@@ -9,8 +9,10 @@ from typing import Iterable, List
 
 import psutil
 
-#: The name the spawner process gives itself (see taylor.spawner).
-SPAWNER = "taylor-spawner"
+from taylor.spawner import NAME
+
+#: The name the spawner process gives itself.
+SPAWNER = NAME.decode()
 
 
 def _own_group(proc: psutil.Process) -> bool:

@@ -54,6 +54,15 @@ def _children(pid) -> list:
         return []
 
 
+def _run_of(caller, pidfile, workers: int) -> list:
+    """The processes of the run ``caller`` (a script) started: its boss, then the boss's
+    workers once there are ``workers`` of them, then the programs in ``pidfile``."""
+    boss = _until(lambda: _children(caller.pid), what="the boss")[0].pid
+    tree = _pidfile_tree(pidfile)
+    running = [p.pid for p in _until(lambda: len(_children(boss)) == workers and _children(boss), what="workers")]
+    return list(dict.fromkeys([boss] + running + tree))
+
+
 def _pidfile_tree(pidfile) -> list:
     def read():
         try:
@@ -190,10 +199,7 @@ def test_caller_killed_makes_the_boss_stop_its_workers(tmp_path, pidfd):
         """))
     run = []
     try:
-        boss = _until(lambda: _children(caller.pid), what="the boss")[0].pid
-        tree = _pidfile_tree(pidfile)
-        workers = [p.pid for p in _until(lambda: len(_children(boss)) == 3 and _children(boss), what="workers")]
-        run = list(dict.fromkeys([boss] + workers + tree))
+        run = _run_of(caller, pidfile, workers=3)
         assert len(run) == 8 and _alive(run) == run  # boss, 3 workers, 4 programs of one of them
         caller.kill()
         caller.wait(5)
@@ -225,11 +231,8 @@ def test_signal_to_caller_stops_workers_keeps_finished_reports_and_exits_nonzero
     caller = _start(_script(SIGNALLED.format(pidfile=pidfile)))
     run = []
     try:
-        boss = _until(lambda: _children(caller.pid), what="the boss")[0].pid
-        tree = _pidfile_tree(pidfile)
         # Both quick workers have been reaped (their entries sent) once only two remain.
-        workers = [p.pid for p in _until(lambda: len(_children(boss)) == 2 and _children(boss), what="workers")]
-        run = list(dict.fromkeys([boss] + workers + tree))
+        run = _run_of(caller, pidfile, workers=2)
         if target == "caller":
             os.kill(caller.pid, signum)
         else:  # what a terminal's Ctrl-C or a batch system's SIGTERM to the job does

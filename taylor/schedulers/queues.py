@@ -314,12 +314,13 @@ class FitQueue:
             self.append(item)
 
     def append(self, item: Any) -> None:
-        self._staged.append(_Node(self._order(item, next(self._seq)), self._need(item), self.store.put(item), 0.0))
-        self._size += 1
+        self._stage(next(self._seq), item)
 
     def insert(self, index: int, item: Any) -> None:
         """Put ``item`` back (the boss does so, at index 0, when it stops before starting it)."""
-        seq = next(self._front) if index == 0 else next(self._seq)
+        self._stage(next(self._front) if index == 0 else next(self._seq), item)
+
+    def _stage(self, seq: int, item: Any) -> None:
         self._staged.append(_Node(self._order(item, seq), self._need(item), self.store.put(item), 0.0))
         self._size += 1
 
