@@ -175,7 +175,6 @@ def measure(python: str, what: str, *args: str) -> float:
 
 
 def main() -> None:
-    import statistics  # not at the top: it imports random, which Python reseeds in every fork
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
@@ -192,6 +191,7 @@ def main() -> None:
             print(json.dumps(dict(taylor=run_taylor, taylorism=run_taylorism, raw=run_raw)[args.one](args.tasks)))
         return
 
+    import statistics  # not before the measurements: it imports random, which Python reseeds in every fork
     pythons = {"taylor": sys.executable, "raw": sys.executable}
     if not args.no_taylorism:
         pythons["taylorism"] = str(ensure_taylorism())

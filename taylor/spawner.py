@@ -21,11 +21,16 @@ nobody waits for an answer:
 
 If the boss dies the kernel kills the spawner (parent-death signal), which
 kills the workers the same way.
+
+Workers are forked with :data:`~taylor.forking.bare_fork`, which runs none of
+Python's at-fork hooks (they ran once, in this process's own fork, and cost
+a worker half of its CPU); ``TAYLOR_FORK_HOOKS=1`` asks for ``os.fork``.
 """
 
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import gc
 import os
@@ -42,6 +47,7 @@ from .forking import (
     Handlers,
     _child,
     _signal,
+    bare_fork,
     process_name,
     set_parent_death_signal,
     set_process_name,
@@ -224,7 +230,11 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     waiter = select.poll()
     waiter.register(sock, select.POLLIN)
     waiter.register(wake_r, select.POLLIN)
-    recvmsg, send, fork, close, read, waitpid = sock.recvmsg_into, sock.send, os.fork, os.close, os.read, os.waitpid
+    # Workers are forked bare (no at-fork hooks, see forking.bare_fork): this process is single-threaded,
+    # holds no lock while it forks, and its own fork by the boss ran every hook once already.
+    bare = bare_fork is not None and os.environ.get("TAYLOR_FORK_HOOKS", "0") != "1"
+    fork = bare_fork if bare else os.fork
+    recvmsg, send, close, read, waitpid = sock.recvmsg_into, sock.send, os.close, os.read, os.waitpid
     loads, pack, unpack_from = pickle.loads, _NEWS.pack, _TOKEN.unpack_from
     ancillary, token_size = socket.CMSG_SPACE(4), _TOKEN.size
     buffer = bytearray(_TOKEN.size + MAX_REQUEST + 1)  # one buffer for all requests: no allocation each
@@ -279,12 +289,14 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                     continue
                 try:
                     pid = fork()
+                    if pid < 0:  # the bare fork's failure
+                        raise OSError(ctypes.get_errno(), "fork failed")
                 except OSError as exc:
                     close(report_fd)
                     send(pack(REFUSED, token, exc.errno or errno.EAGAIN))
                     continue
                 if pid == 0:
-                    _child(cls, attributes, report_fd, own, me, handlers, max_report_bytes, name)
+                    _child(cls, attributes, report_fd, own, me, handlers, max_report_bytes, name, bare)
                 close(report_fd)
                 children.add(pid)
                 send(pack(STARTED, token, pid))

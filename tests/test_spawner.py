@@ -216,3 +216,67 @@ def test_instructions_the_spawner_cannot_read_fail_that_worker_clearly_and_nothi
     failed = by_status["failed"]
     assert isinstance(failed["report"], taylor.WorkerDiedError) and failed["pid"] is None
     assert "could not be started (the spawner could not read its instructions)" in str(failed["report"])
+
+
+# ------------------------------------------------------------ bare forks (no at-fork hooks)
+#: Set in every process forked with os.fork (and so by its at-fork hooks), to that process's pid.
+_hooked_in = None
+
+
+def _note_hooks_ran():
+    global _hooked_in
+    _hooked_in = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_hooks_ran)  # cheap, and harmless in the suite's other forks
+
+
+class Forked(Worker):
+    """Reports what a freshly forked worker finds: random numbers, threads, logging, a fork of its own."""
+
+    _footprint = dict(attr=dict(forked=dict(type=bool, values=[True])))
+
+    def _task(self):
+        import logging
+        import random
+        import threading
+
+        log = logging.getLogger("taylor.tests.forked")
+        seen = []
+        handler = logging.Handler()
+        handler.emit = lambda record: seen.append(record.getMessage())
+        log.addHandler(handler)
+        log.propagate = False
+        alone = threading.active_count()
+        thread = threading.Thread(target=log.warning, args=("from a thread",))
+        thread.start()
+        thread.join(5)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        _, status = os.waitpid(pid, 0)
+        with open(f"/proc/{os.getppid()}/comm") as comm:
+            parent = comm.read().strip()
+        return dict(parent=parent, draw=random.getrandbits(64), alone=alone, seen=seen,
+                    main=threading.current_thread() is threading.main_thread(),
+                    child_exit=os.waitstatus_to_exitcode(status), hooked=_hooked_in == os.getpid())
+
+
+def test_workers_forked_bare_draw_their_own_random_numbers_and_run_threads_and_forks():
+    """The spawner forks without Python's at-fork hooks; a worker must not notice it."""
+    report = _run_when_ready(dict(forked=True), dict(n=list(range(6))))
+    assert report.ok
+    found = [entry["report"] for entry in report.workers]
+    assert {f["parent"] for f in found} == {SPAWNER}
+    assert len({f["draw"] for f in found}) == 6, "workers share one random state"
+    for f in found:
+        assert f["alone"] == 1 and f["main"] and not f["hooked"]
+        assert f["seen"] == ["from a thread"] and f["child_exit"] == 7
+
+
+def test_fork_hooks_run_in_every_worker_when_asked(monkeypatch):
+    monkeypatch.setenv("TAYLOR_FORK_HOOKS", "1")
+    report = _run_when_ready(dict(forked=True), dict(n=[1, 2]))
+    assert report.ok
+    for entry in report.workers:
+        assert entry["report"]["parent"] == SPAWNER and entry["report"]["hooked"]
