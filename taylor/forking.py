@@ -27,6 +27,7 @@ __all__ = ["STOPPING", "Handlers", "bare_fork", "fork_worker", "process_name", "
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
+_SIGKILL = int(signal.SIGKILL)
 
 #: (signal number, handler) pairs a worker sets at its start.
 Handlers = Sequence[Tuple[int, Any]]
@@ -84,7 +85,7 @@ def set_parent_death_signal(signum: int) -> bool:
 def set_process_name(name: bytes) -> None:
     """Name this process (as ``ps`` and ``top`` show it; 15 bytes at most), where Linux allows."""
     if _prctl is not None:
-        _prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0)
+        _prctl(_PR_SET_NAME, name[:15], 0, 0, 0)
 
 
 def process_name() -> Optional[bytes]:
@@ -108,26 +109,6 @@ def worker_handlers(sigpipe: Any) -> Handlers:
     return handlers
 
 
-def _become_worker(parent: int, handlers: Handlers, name: Optional[bytes]) -> None:
-    """Child-side set-up: own process group, die with the parent, the worker's signals.
-
-    SIGTERM and SIGINT come blocked from the parent (see :data:`STOPPING`):
-    one sent now waits until the worker's own handlers are set.  The boss's
-    (or spawner's) no-op SIGCHLD handler is harmless in a worker and gone at
-    ``exec``.
-    """
-    os.setpgid(0, 0)
-    set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(72)
-    if name is not None:  # the spawner's child: its name back (the parent's name is inherited)
-        set_process_name(name)
-    _signal.set_wakeup_fd(-1)
-    for signum, handler in handlers:
-        _signal.signal(signum, handler)
-    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, STOPPING)
-
-
 def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_fds: Iterable[int],
                 handlers: Handlers, max_report_bytes: int) -> int:
     """Fork a worker running ``cls(attributes)._task()`` that reports on ``report_fd``;
@@ -147,27 +128,43 @@ def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_
     return pid
 
 
-def reseed_random() -> None:
-    """Reseed ``random`` if imported: the at-fork hook that matters after a :data:`bare_fork`,
-    without which every worker would draw the same numbers."""
-    random = sys.modules.get("random")
-    instance = getattr(random, "_inst", None)
-    if instance is not None:
-        instance.seed()
-
-
 def _child(cls: type, attributes: Mapping[str, Any], report_fd: int, close_fds: Iterable[int], parent: int,
            handlers: Handlers, max_report_bytes: int, name: Optional[bytes], bare: bool = False) -> NoReturn:
-    """The forked worker's body; ``bare``: forked by :data:`bare_fork`, which ran no at-fork hook."""
+    """A forked worker: its set-up, then its body (:func:`~taylor.worker.run_child`, which never returns).
+
+    Set-up: its parent's descriptors closed; ``random`` reseeded after a
+    :data:`bare_fork` (the one skipped at-fork hook that matters: without it
+    every worker would draw the same numbers); its own process group; death
+    with its parent; its name back (``name``, given by the spawner, whose own
+    name it inherited); no signal wake-up descriptor (its parent's is closed);
+    its signal ``handlers``; then SIGTERM and SIGINT unblocked (they come
+    blocked, see :data:`STOPPING`: one sent until now waits for the handlers).
+    The parent's no-op SIGCHLD handler is harmless here and gone at ``exec``.
+
+    All inline, without helpers: in a fresh fork each function or object
+    touched costs a copy-on-write fault (helpers cost ~50 faults per worker).
+    """
     try:
         for fd in close_fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        if bare:
-            reseed_random()
-        _become_worker(parent, handlers, name)
+        if bare and "random" in sys.modules:
+            instance = getattr(sys.modules["random"], "_inst", None)
+            if instance is not None:
+                instance.seed()
+        os.setpgid(0, 0)
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+            if name is not None:
+                _prctl(_PR_SET_NAME, name, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the parent-death signal was set
+            os._exit(72)
+        _signal.set_wakeup_fd(-1)
+        for signum, handler in handlers:
+            _signal.signal(signum, handler)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, STOPPING)
     except BaseException:  # noqa: BLE001 - never fall back into the parent's loop
         os._exit(71)
     run_child(cls, attributes, report_fd, max_report_bytes)

@@ -209,6 +209,11 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     # SIGINT and SIGTERM stay blocked here (the boss ends the spawner by closing its socket, or
     # dying); each worker unblocks them once its own handlers are set.
     _signal.pthread_sigmask(_signal.SIG_BLOCK, STOPPING)
+    # Their handlers are set here once, for every worker to inherit: blocked, they never run here.
+    for signum, handler in handlers:
+        if signum in STOPPING:
+            _signal.signal(signum, handler)
+    handlers = [(signum, handler) for signum, handler in handlers if signum not in STOPPING]
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != boss:
         os._exit(0)
