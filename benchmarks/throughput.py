@@ -1,14 +1,16 @@
 """Throughput of taylor against taylorism 1.1.0 and a raw fork/exit/wait loop.
 
 No-op workers, one process each, two at a time.  Each measurement runs in a
-fresh process; the three contenders alternate round by round so that they
-share the machine's mood.  The raw loop imports what taylor imports, so its
-parent has the same size as taylor's boss.  The measuring process imports
-nothing else: ``statistics`` is imported only where results are summed up, as
-it imports ``random``, which Python reseeds in every forked child (about
-0.1 ms each, for all three contenders alike).  Also measured: the boss's CPU
-use while two workers sleep, and the latency from ``run_as_server`` to the
-first worker starting.
+fresh process; the contenders alternate round by round so that they share
+the machine's mood.  The raw loops import what taylor imports, so their
+parent has the same size as taylor's boss.  ``raw`` forks with ``os.fork``;
+``raw_bare`` with libc's ``fork()`` through ctypes, as taylor's spawner does,
+which skips Python's at-fork hooks: it is the floor of what forking costs
+here.  The measuring process imports nothing else: ``statistics`` is imported
+only where results are summed up, as it imports ``random``, which Python
+reseeds in every os.fork child (about 0.1 ms each).  Also measured: the
+boss's CPU use while two workers sleep, and the latency from
+``run_as_server`` to the first worker starting.
 
     python benchmarks/throughput.py                 # 1000 tasks, 5 rounds
     python benchmarks/throughput.py --tasks 2000 --rounds 7 --no-taylorism
@@ -74,14 +76,20 @@ def run_taylorism(tasks: int) -> float:
     return tasks / elapsed
 
 
-def run_raw(tasks: int) -> float:
+def run_raw(tasks: int, bare: bool = False) -> float:
+    """``bare``: libc's fork() through ctypes, which runs none of Python's at-fork hooks
+    (taylor's spawner forks so), instead of os.fork."""
     import taylor  # noqa: F401 - the parent has the size of the process that forks taylor's workers
 
+    fork = os.fork
+    if bare:
+        import ctypes
+        fork = ctypes.PyDLL(None).fork
     start = time.perf_counter()
     running = started = done = 0
     while done < tasks:
         while running < THREADS and started < tasks:
-            if os.fork() == 0:
+            if fork() == 0:
                 os._exit(0)
             running += 1
             started += 1
@@ -188,11 +196,13 @@ def main() -> None:
         elif args.extra == "latency":
             print(json.dumps(latency(args.one)))
         else:
-            print(json.dumps(dict(taylor=run_taylor, taylorism=run_taylorism, raw=run_raw)[args.one](args.tasks)))
+            run = dict(taylor=run_taylor, taylorism=run_taylorism, raw=run_raw,
+                       raw_bare=lambda tasks: run_raw(tasks, bare=True))[args.one]
+            print(json.dumps(run(args.tasks)))
         return
 
     import statistics  # not before the measurements: it imports random, which Python reseeds in every fork
-    pythons = {"taylor": sys.executable, "raw": sys.executable}
+    pythons = {"taylor": sys.executable, "raw": sys.executable, "raw_bare": sys.executable}
     if not args.no_taylorism:
         pythons["taylorism"] = str(ensure_taylorism())
     rates = {name: [] for name in pythons}
@@ -206,9 +216,10 @@ def main() -> None:
     print(f"\n{args.tasks} no-op tasks, {THREADS} at a time, median of {args.rounds} rounds (tasks/s):")
     for name, value in med.items():
         print(f"  {name:10s} {value:8.0f}")
-    print(f"  taylor / raw fork loop: {med['taylor'] / med['raw']:.2f}x")
+    print(f"  taylor / raw fork loop (os.fork):    {med['taylor'] / med['raw']:.2f}x")
+    print(f"  taylor / raw loop, libc's fork():    {med['taylor'] / med['raw_bare']:.2f}x")
     if "taylorism" in med:
-        print(f"  taylor / taylorism:     {med['taylor'] / med['taylorism']:.1f}x")
+        print(f"  taylor / taylorism:                  {med['taylor'] / med['taylorism']:.1f}x")
     for name in [n for n in ("taylor", "taylorism") if n in pythons]:
         cpu = measure(pythons[name], name, "--extra", "idle")
         lat = measure(pythons[name], name, "--extra", "latency")

@@ -235,10 +235,18 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     waiter = select.poll()
     waiter.register(sock, select.POLLIN)
     waiter.register(wake_r, select.POLLIN)
-    # Workers are forked bare (no at-fork hooks, see forking.bare_fork): this process is single-threaded,
-    # holds no lock while it forks, and its own fork by the boss ran every hook once already.
-    bare = bare_fork is not None and os.environ.get("TAYLOR_FORK_HOOKS", "0") != "1"
-    fork = bare_fork if bare else os.fork
+    # Workers are forked bare (no at-fork hooks, see forking.bare_fork) while this process is
+    # single-threaded: it then holds no lock while it forks, and its own fork by the boss ran every
+    # hook once already.  A thread here (started by some library's at-fork hook, say) may hold a
+    # lock that only os.fork's hooks would reset: then os.fork it is.  The kernel counts threads in
+    # the link count of /proc/self/task (2 + threads), one stat per fork.
+    tasks = "/proc/self/task"
+    try:
+        alone = os.stat(tasks).st_nlink if len(os.listdir(tasks)) == 1 else -1
+    except OSError:
+        alone = -1
+    bare_allowed = bare_fork is not None and alone > 0 and os.environ.get("TAYLOR_FORK_HOOKS", "0") != "1"
+    stat = os.stat
     recvmsg, send, close, read, waitpid = sock.recvmsg_into, sock.send, os.close, os.read, os.waitpid
     loads, pack, unpack_from = pickle.loads, _NEWS.pack, _TOKEN.unpack_from
     ancillary, token_size = socket.CMSG_SPACE(4), _TOKEN.size
@@ -292,8 +300,9 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                         close(report_fd)
                     send(pack(REFUSED, token, 0))
                     continue
+                bare = bare_allowed and stat(tasks).st_nlink == alone
                 try:
-                    pid = fork()
+                    pid = bare_fork() if bare else os.fork()
                     if pid < 0:  # the bare fork's failure
                         raise OSError(ctypes.get_errno(), "fork failed")
                 except OSError as exc:

@@ -223,9 +223,16 @@ def test_instructions_the_spawner_cannot_read_fail_that_worker_clearly_and_nothi
 _hooked_in = None
 
 
+#: When true, the hook below also starts a thread in the new process (as some libraries' hooks do).
+_start_a_thread = False
+
+
 def _note_hooks_ran():
     global _hooked_in
     _hooked_in = os.getpid()
+    if _start_a_thread:
+        import threading
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
 
 
 os.register_at_fork(after_in_child=_note_hooks_ran)  # cheap, and harmless in the suite's other forks
@@ -234,7 +241,8 @@ os.register_at_fork(after_in_child=_note_hooks_ran)  # cheap, and harmless in th
 class Forked(Worker):
     """Reports what a freshly forked worker finds: random numbers, threads, logging, a fork of its own."""
 
-    _footprint = dict(attr=dict(forked=dict(type=bool, values=[True])))
+    _footprint = dict(attr=dict(forked=dict(type=bool, values=[True]),
+                                thing=dict(type=object, optional=True, default=None)))
 
     def _task(self):
         import logging
@@ -280,3 +288,41 @@ def test_fork_hooks_run_in_every_worker_when_asked(monkeypatch):
     assert report.ok
     for entry in report.workers:
         assert entry["report"]["parent"] == SPAWNER and entry["report"]["hooked"]
+
+
+def test_a_spawner_with_a_thread_forks_with_os_fork(monkeypatch):
+    """A thread in the spawner (here started by an at-fork hook) could hold a lock only os.fork's
+    hooks reset: its workers are forked by os.fork, hooks and all, and nothing hangs."""
+    monkeypatch.setattr(sys.modules[__name__], "_start_a_thread", True)
+    boss = taylor.Boss()  # forked now: the boss, then its spawner, start a thread each
+    monkeypatch.setattr(sys.modules[__name__], "_start_a_thread", False)
+    try:
+        spawner_of(boss)
+        boss.set_instructions(dict(forked=True), dict(n=[1, 2]))
+        boss.make_them_work()
+        report = boss.wait_till_finished()
+    finally:
+        boss.close()
+    assert report.ok
+    for entry in report.workers:
+        assert entry["report"]["parent"] == SPAWNER and entry["report"]["hooked"]
+
+
+def _start_a_sleeping_thread():
+    import threading
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    return _StartsAThreadWhenUnpickled()  # the boss unpickles it too, and sends it on
+
+
+class _StartsAThreadWhenUnpickled:
+    def __reduce__(self):
+        return (_start_a_sleeping_thread, ())
+
+
+def test_a_thread_started_in_the_spawner_later_makes_it_fork_with_os_fork():
+    """Unpickling a worker's instructions in the spawner starts a thread there: from then on
+    (checked at each fork) its workers are forked by os.fork."""
+    report = _run_when_ready(dict(forked=True), dict(thing=[_StartsAThreadWhenUnpickled()]))
+    assert report.ok
+    (entry,) = report.workers
+    assert entry["report"]["parent"] == SPAWNER and entry["report"]["hooked"]
