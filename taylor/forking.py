@@ -22,8 +22,8 @@ try:  # signal.signal's wrapper builds enums: in a fresh fork that costs ~40 pag
 except ImportError:  # not CPython
     _signal = signal  # type: ignore[assignment]
 
-__all__ = ["STOPPING", "Handlers", "bare_fork", "fork_worker", "process_name", "set_parent_death_signal",
-           "set_process_name", "worker_handlers"]
+__all__ = ["STOPPING", "Handlers", "bare_fork", "bare_fork_allowed", "fork_worker", "lone_thread_links",
+           "process_name", "set_parent_death_signal", "set_process_name", "worker_handlers"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
@@ -67,8 +67,35 @@ def _load_bare_fork() -> Optional[Callable[[], int]]:
 #: at-fork hooks above all.  threading's and logging's hooks alone cost a fresh child
 #: some 150 copy-on-write faults, 0.5 ms of CPU on the reference VM, to reset locks
 #: and thread tables that only a process with other threads could have left dirty.
-#: Only for a single-threaded process whose own fork already ran the hooks: the spawner.
+#: Only for a process whose own fork already ran the hooks (the boss, the spawner), and
+#: only while it is single-threaded: see :func:`lone_thread_links`.
 bare_fork = _load_bare_fork()
+
+_TASKS = "/proc/self/task"
+
+
+def lone_thread_links() -> int:
+    """What :func:`bare_fork_allowed` compares with: the link count of ``/proc/self/task``
+    now, when this process has a single thread (the kernel counts 2 + its threads);
+    -1 when it has more, when /proc cannot tell, or when ``TAYLOR_FORK_HOOKS=1`` asks
+    for ``os.fork`` (whose hooks then run in every worker)."""
+    if bare_fork is None or os.environ.get("TAYLOR_FORK_HOOKS", "0") == "1":
+        return -1
+    try:
+        return os.stat(_TASKS).st_nlink if len(os.listdir(_TASKS)) == 1 else -1
+    except OSError:
+        return -1
+
+
+def bare_fork_allowed(lone: int) -> bool:
+    """Whether this process may fork with :data:`bare_fork` now: it still has the one thread
+    it had when :func:`lone_thread_links` returned ``lone``.  Another thread (started by a
+    library's at-fork hook, say) may hold a lock that only os.fork's hooks reset, the
+    import lock above all; one ``stat`` tells."""
+    try:
+        return lone > 0 and os.stat(_TASKS).st_nlink == lone
+    except OSError:
+        return False
 
 
 def set_parent_death_signal(signum: int) -> bool:
@@ -116,12 +143,15 @@ def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_
     descriptors).  The caller closes ``report_fd`` on its side.
     """
     parent = os.getpid()
+    bare = bare_fork_allowed(lone_thread_links())
     gc.freeze()  # see the spawner: a worker's collections then leave the inherited heap alone
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, STOPPING)
     try:
-        pid = os.fork()
+        pid = bare_fork() if bare else os.fork()  # type: ignore[misc] - bare means not None
         if pid == 0:
-            _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes, None)
+            _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes, None, bare)
+        if pid < 0:
+            raise OSError(ctypes.get_errno(), "fork failed")
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)  # never reached in the child
         gc.unfreeze()

@@ -24,7 +24,8 @@ kills the workers the same way.
 
 Workers are forked with :data:`~taylor.forking.bare_fork`, which runs none of
 Python's at-fork hooks (they ran once, in this process's own fork, and cost
-a worker half of its CPU); ``TAYLOR_FORK_HOOKS=1`` asks for ``os.fork``.
+a worker half of its CPU), while this process is single-threaded;
+``TAYLOR_FORK_HOOKS=1`` asks for ``os.fork``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from .forking import (
     _child,
     _signal,
     bare_fork,
+    bare_fork_allowed,
+    lone_thread_links,
     process_name,
     set_parent_death_signal,
     set_process_name,
@@ -236,17 +239,9 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     waiter.register(sock, select.POLLIN)
     waiter.register(wake_r, select.POLLIN)
     # Workers are forked bare (no at-fork hooks, see forking.bare_fork) while this process is
-    # single-threaded: it then holds no lock while it forks, and its own fork by the boss ran every
-    # hook once already.  A thread here (started by some library's at-fork hook, say) may hold a
-    # lock that only os.fork's hooks would reset: then os.fork it is.  The kernel counts threads in
-    # the link count of /proc/self/task (2 + threads), one stat per fork.
-    tasks = "/proc/self/task"
-    try:
-        alone = os.stat(tasks).st_nlink if len(os.listdir(tasks)) == 1 else -1
-    except OSError:
-        alone = -1
-    bare_allowed = bare_fork is not None and alone > 0 and os.environ.get("TAYLOR_FORK_HOOKS", "0") != "1"
-    stat = os.stat
+    # single-threaded: it then holds no lock when it forks, and its own fork by the boss ran every
+    # hook once already.  Checked at each fork: unpickling instructions could start a thread.
+    lone = lone_thread_links()
     recvmsg, send, close, read, waitpid = sock.recvmsg_into, sock.send, os.close, os.read, os.waitpid
     loads, pack, unpack_from = pickle.loads, _NEWS.pack, _TOKEN.unpack_from
     ancillary, token_size = socket.CMSG_SPACE(4), _TOKEN.size
@@ -300,7 +295,7 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                         close(report_fd)
                     send(pack(REFUSED, token, 0))
                     continue
-                bare = bare_allowed and stat(tasks).st_nlink == alone
+                bare = bare_fork_allowed(lone)
                 try:
                     pid = bare_fork() if bare else os.fork()
                     if pid < 0:  # the bare fork's failure

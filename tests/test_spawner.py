@@ -282,6 +282,23 @@ def test_workers_forked_bare_draw_their_own_random_numbers_and_run_threads_and_f
         assert f["seen"] == ["from a thread"] and f["child_exit"] == 7
 
 
+def test_workers_the_boss_forks_itself_are_forked_bare_too(monkeypatch):
+    """The same in every worker, whoever forks it: here the boss, with no spawner."""
+    monkeypatch.setenv("TAYLOR_SPAWNER", "0")
+    boss = run_as_server(dict(forked=True), dict(n=list(range(4))))
+    try:
+        report = boss.wait_till_finished()
+    finally:
+        boss.close()
+    assert report.ok
+    found = [entry["report"] for entry in report.workers]
+    assert SPAWNER not in {f["parent"] for f in found}
+    assert len({f["draw"] for f in found}) == 4, "workers share one random state"
+    for f in found:
+        assert f["alone"] == 1 and f["main"] and not f["hooked"]
+        assert f["seen"] == ["from a thread"] and f["child_exit"] == 7
+
+
 def test_fork_hooks_run_in_every_worker_when_asked(monkeypatch):
     monkeypatch.setenv("TAYLOR_FORK_HOOKS", "1")
     report = _run_when_ready(dict(forked=True), dict(n=[1, 2]))
