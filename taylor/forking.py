@@ -147,7 +147,7 @@ def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_
     gc.freeze()  # see the spawner: a worker's collections then leave the inherited heap alone
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, STOPPING)
     try:
-        pid = bare_fork() if bare else os.fork()  # type: ignore[misc] - bare means not None
+        pid = bare_fork() if bare else os.fork()  # bare: bare_fork is there
         if pid == 0:
             _child(cls, attributes, report_fd, close_fds, parent, handlers, max_report_bytes, None, bare)
         if pid < 0:
