@@ -3,7 +3,8 @@
 Shared by the spawner (which forks nearly every worker) and the boss (which
 forks a worker itself when the spawner cannot: instructions too large to send,
 or no spawner).  Everything here runs in a fresh fork, where each page written
-costs a copy-on-write fault, so the child does as little as it can.
+costs a copy-on-write fault, so the child does as little as it can; and both
+fork without Python's at-fork hooks where that is safe (see :data:`bare_fork`).
 """
 
 from __future__ import annotations
