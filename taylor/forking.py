@@ -144,7 +144,7 @@ def fork_worker(cls: type, attributes: Mapping[str, Any], report_fd: int, close_
     descriptors).  The caller closes ``report_fd`` on its side.
     """
     parent = os.getpid()
-    bare = bare_fork_allowed(lone_thread_links())
+    bare = lone_thread_links() > 0  # this process has one thread now: looked at once, not twice
     gc.freeze()  # see the spawner: a worker's collections then leave the inherited heap alone
     blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, STOPPING)
     try:
