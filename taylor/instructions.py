@@ -196,7 +196,7 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
                 "creating the Boss")
         name = resolved.get("name")
         if name is None:
-            name = str(uuid4())
+            name = uuid4()
         elif not isinstance(name, str):
             name = str(name)
         if name in taken or name in new_names:

@@ -16,14 +16,14 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .forking import _signal, fork_worker, set_parent_death_signal, worker_handlers
+from .forking import _signal, fork_worker, worker_handlers
 from .spawner import News, Spawner
 from .worker import DirectSpec, direct_capable, direct_outcome, instantiate, prepare_class
 
 if TYPE_CHECKING:
     import psutil
 
-__all__ = ["LocalProcesses", "Started", "set_parent_death_signal", "spawn"]
+__all__ = ["LocalProcesses", "Started", "spawn"]
 
 #: What starting a worker gives: (pid, spawner token, report fd, direct spec); see LocalProcesses.start.
 Started = Tuple[Optional[int], Optional[int], Optional[int], Optional[DirectSpec]]

@@ -133,9 +133,7 @@ class Spawner:
         try:
             self.sock.sendmsg([_TOKEN.pack(self._token), payload.data],
                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-        except BlockingIOError:
-            return None
-        except OSError:  # gone: the news will say so
+        except OSError:  # its socket is full (BlockingIOError), or it is gone: the news will say so
             return None
         return self._token
 

@@ -217,16 +217,19 @@ def direct_outcome(spec: DirectSpec, exitcode: int, duration: float, max_report_
         outcome = (RAISED, _sendable_exception(exc), traceback.format_exc())
     try:
         wire.encode(outcome, limit=max_report_bytes)
-    except wire.MessageTooLarge as exc:
-        return (UNSENDABLE, _too_large(exc))
-    except Exception as exc:  # noqa: BLE001 - pickling can fail in many ways
-        return (UNSENDABLE, ReportError(f"its report could not be pickled: {type(exc).__name__}: {exc}"))
+    except Exception as exc:  # noqa: BLE001 - too large, or pickling failed in one of many ways
+        return _unsendable(exc)
     return outcome
 
 
-def _too_large(exc: wire.MessageTooLarge) -> ReportError:
-    return ReportError(f"its report is {exc.size} bytes, more than the limit of {exc.limit} bytes "
-                       "(raise max_report_bytes, or write large results to files and report their paths)")
+def _unsendable(exc: Exception) -> tuple:
+    """The outcome that replaces a report which could not be encoded (``exc`` says why)."""
+    if isinstance(exc, wire.MessageTooLarge):
+        why = (f"its report is {exc.size} bytes, more than the limit of {exc.limit} bytes "
+               "(raise max_report_bytes, or write large results to files and report their paths)")
+    else:
+        why = f"its report could not be pickled: {type(exc).__name__}: {exc}"
+    return (UNSENDABLE, ReportError(why))
 
 
 def instantiate(cls: type, attributes: Mapping[str, Any]) -> Worker:
@@ -271,11 +274,8 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
             # once in the boss: pickling in a fresh fork costs some 30 page faults.
             data = _OK_NONE if outcome[0] is OK and outcome[1] is None else \
                 wire.encode(outcome, limit=max_report_bytes)
-        except wire.MessageTooLarge as exc:
-            data = wire.encode((UNSENDABLE, _too_large(exc)))
-        except Exception as exc:  # noqa: BLE001 - pickling can fail in many ways
-            data = wire.encode((UNSENDABLE, ReportError(
-                f"its report could not be pickled: {type(exc).__name__}: {exc}")))
+        except Exception as exc:  # noqa: BLE001 - too large, or pickling failed in one of many ways
+            data = wire.encode(_unsendable(exc))
         _flush_output()
         written = os.write(fd, data)  # a report fits the pipe in one write, nearly always
         if written < len(data):

@@ -17,7 +17,7 @@ import time
 import psutil
 
 from taylor import Worker
-from taylor.launcher import set_parent_death_signal
+from taylor.forking import set_parent_death_signal
 
 
 class Unloadable:
