@@ -6,8 +6,8 @@ processes (zombies counted apart) and resident memory.  None of them should
 grow with the number of tasks run: after the first thousand tasks (the boss
 keeps the last 1,000 entries for schedulers) the figures must stay flat.
 
-    /work/venv/bin/python benchmarks/soak.py                 # 100,000 tasks (minutes)
-    /work/venv/bin/python benchmarks/soak.py --tasks 10000   # a quick look
+    python benchmarks/soak.py                 # 100,000 tasks (minutes)
+    python benchmarks/soak.py --tasks 10000   # a quick look
 
 Exits non-zero if the boss ends with more descriptors or children than
 after the first interval, or if any task did not end ``done``.
