@@ -379,8 +379,10 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
 
     logger = logging.getLogger("taylor")
     level = logger.level
+    limits, limits_level = logging.getLogger("taylor.limits"), logging.getLogger("taylor.limits").level
     if not verbose:  # the summary below says what failed; the boss's log would say it twice
         logger.setLevel(logging.CRITICAL)
+        limits.setLevel(logging.WARNING)  # but no summary says what held the run back (descriptors...)
     journal: Optional[Journal] = None
     bar = Progress(len(tasks), progress)
     started = time.monotonic()
@@ -456,6 +458,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
         signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.SIG_DFL)
         logger.setLevel(level)
+        limits.setLevel(limits_level)
 
     if report is None:
         report = Report(workers_report=[], status="failed")
