@@ -34,6 +34,7 @@ from .errors import (
     CapacityError,
     InstructionsError,
     Interrupted,
+    MemoryLimitError,
     ReportError,
     TaylorError,
     WorkerDiedError,
@@ -46,6 +47,7 @@ from .launcher import NOT_NOW, LocalProcesses
 from .poller import READ, WRITE, Poller
 from .report import DONE, FAILED, STOPPED
 from .schedulers.base import expected_time_of, memory_of
+from .schedulers.memory_limit import LimitMemory
 from .spawner import EXITED, STARTED
 from .worker import OK, RAISED, UNSENDABLE, DirectSpec
 
@@ -732,6 +734,11 @@ class Engine:
         else:
             partly = " (it died while sending its report)" if worker.decoder.partial else ""
             failed = WorkerDiedError, f"ended without reporting: {describe_exit(exitcode)}{partly}"
+        hooks = worker.instructions.get("scheduler_hooks")
+        if hooks:  # its memory may have been limited (a memory scheduler's enforce=True): was that its end?
+            over = _memory_over(hooks, worker, outcome[1] if kind == RAISED else None)
+            if over is not None and kind != OK and not worker.stop_requested:
+                failed = MemoryLimitError, over
         if failed is not None:
             cls, what = failed
             plain = {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"}
@@ -828,6 +835,14 @@ class Engine:
         while self.deadlines and self.deadlines[0][0] <= now:
             _, _, action, worker = heapq.heappop(self.deadlines)
             action(worker)
+
+
+def _memory_over(hooks: Any, worker: RunningWorker, raised: Optional[BaseException]) -> Optional[str]:
+    """How ``worker`` exceeded its memory limit, if one of its ``hooks`` limited it and that ended it."""
+    for hook in hooks:
+        if isinstance(hook, LimitMemory):
+            return hook.ended(worker, worker.pid, raised)
+    return None
 
 
 def _alone_not_now(why: str) -> str:

@@ -12,7 +12,16 @@ import resource
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
+
+import footprints
+import limitworkers  # noqa: F401 - registers the test workers
+import pytest
+
+from taylor import Boss, MemoryLimitError
+from taylor.schedulers import MaxMemoryScheduler
+from taylor.schedulers.memory_limit import LimitMemory, cgroup_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
@@ -135,3 +144,126 @@ def test_emfile_with_nothing_running_fails_the_task_saying_why():
     assert [e["status"] for e in entries] == ["failed"] * 3
     assert all("could not be started (Too many open files) although no other worker" in e["report"]
                for e in entries), entries
+
+
+# ----------------------------------------------------------------------- memory
+def _hogs(scheduler, hogs, on_error="continue", memory=50):
+    common = {} if memory is None else dict(memory=memory)
+    boss = Boss(scheduler=scheduler, on_error=on_error)
+    try:
+        boss.set_instructions(common, dict(name=[f"hog{mib}" for mib in hogs], hog=hogs))
+        boss.make_them_work(terminate=True)
+        return {e["name"]: e for e in boss.wait_till_finished()["workers_report"]}
+    finally:
+        boss.close()
+
+
+def test_enforced_memory_fails_the_worker_over_it_alone():
+    """A worker declaring 50 MiB that allocates 300 MiB fails with a MemoryLimitError that says so;
+    its neighbours within their 50 MiB run to the end."""
+    entries = _hogs(MaxMemoryScheduler(max_memory=200, enforce=True), [10, 300, 20, 30])
+    assert {name: e["status"] for name, e in entries.items()} == \
+        dict(hog10="done", hog300="failed", hog20="done", hog30="done")
+    assert entries["hog20"]["report"] == 20 << 20
+    error = entries["hog300"]["report"]
+    assert isinstance(error, MemoryLimitError) and isinstance(error, MemoryError)
+    assert "worker 'hog300'" in str(error) and "exceeded its declared memory of 50 MiB" in str(error)
+    assert "MemoryError" in entries["hog300"]["traceback"]  # where, in the task, the allocation failed
+
+
+def test_declared_memory_is_advisory_without_enforce():
+    """The same batch without enforce=True: the 300 MiB worker runs to the end (what the issue saw)."""
+    entries = _hogs(MaxMemoryScheduler(max_memory=200), [10, 300])
+    assert [e["status"] for e in entries.values()] == ["done", "done"]
+    assert MaxMemoryScheduler(max_memory=200)._workers_hooks() == []  # nothing to run in the worker
+
+
+def test_enforced_memory_under_abort_is_the_runs_error():
+    boss = Boss(scheduler=MaxMemoryScheduler(max_memory=200, enforce=True))
+    try:
+        boss.set_instructions(dict(memory=50), dict(name=["big"], hog=[300]))
+        boss.make_them_work(terminate=True)
+        with pytest.raises(MemoryLimitError, match="exceeded its declared memory of 50 MiB") as caught:
+            boss.wait_till_finished()
+        assert caught.value.report is not None
+    finally:
+        boss.close()
+
+
+def test_longest_first_enforces_memory_per_task_for_undeclared():
+    """Every scheduler that reads memory enforces it: a worker declaring none counts (and is held to)
+    memory_per_task."""
+    scheduler = footprints.proxy.scheduler(limit="threads+memory", max_threads=2, max_memory=300,
+                                           memory_per_task=64, enforce=True)
+    entries = _hogs(scheduler, [10, 200], memory=None)
+    assert entries["hog10"]["status"] == "done"
+    assert "exceeded its declared memory of 64 MiB" in str(entries["hog200"]["report"])
+
+
+def test_cli_enforce_memory(tmp_path):
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "taylor", "run", "--worker", "limitworkers:Hog", "-i",
+                           "hog=10,300", "-c", "memory=50", "--enforce-memory", "--keep-going", "--no-progress",
+                           "--report", str(report)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=45)
+    assert done.returncode == 1, done.stderr
+    assert "1 done, 1 failed" in done.stderr
+    assert "MemoryLimitError" in done.stderr and "exceeded its declared memory of 50 MiB" in done.stderr
+    refused = subprocess.run([sys.executable, "-m", "taylor", "run", "--worker", "limitworkers:Hog", "-i", "hog=1",
+                              "--enforce-memory", "--scheduler", "threads"], cwd=ROOT, env=ENV, capture_output=True,
+                             text=True, timeout=45)
+    assert refused.returncode == 2 and "--enforce-memory need a memory scheduler" in refused.stderr
+
+
+# -------------------------------------------------- cgroup v2, against a tree made in a temporary directory
+def _tree(tmp_path, own="/job/task_0", mount_root="/", parent_controls="cpu memory pids", own_controls=""):
+    """A cgroup v2 hierarchy as files: mounted at tmp/cg, this process in ``own``."""
+    mount = tmp_path / "cg"
+    inside = own[len(mount_root.rstrip("/")):].lstrip("/")
+    leaf = mount / inside
+    leaf.mkdir(parents=True)
+    (leaf / "cgroup.subtree_control").write_text(own_controls + "\n")
+    (leaf / "cgroup.procs").write_text("")
+    if leaf != mount:
+        (leaf.parent / "cgroup.subtree_control").write_text(parent_controls + "\n")
+        (leaf.parent / "cgroup.procs").write_text("")
+    (tmp_path / "cgroup").write_text(f"12:memory:/elsewhere\n0::{own}\n")
+    (tmp_path / "mountinfo").write_text(
+        f"25 1 0:22 / /sys rw shared:7 - sysfs sysfs rw\n"
+        f"31 25 0:27 {mount_root} {mount} rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n")
+    return dict(proc_cgroup=str(tmp_path / "cgroup"), mountinfo=str(tmp_path / "mountinfo")), leaf
+
+
+def test_cgroup_detection(tmp_path):
+    paths, leaf = _tree(tmp_path / "a")
+    assert cgroup_parent(**paths)[0] == str(leaf.parent)  # beside the job's leaf, in the delegated cgroup
+    paths, leaf = _tree(tmp_path / "b", parent_controls="cpu pids")
+    parent, why = cgroup_parent(**paths)
+    assert parent is None and "does not delegate the memory controller" in why
+    paths, leaf = _tree(tmp_path / "c", own="/", own_controls="memory")  # the hierarchy's root (a container's)
+    assert cgroup_parent(**paths)[0] == str(leaf)
+    paths, leaf = _tree(tmp_path / "d", own="/ns/job/task_0", mount_root="/ns")  # a namespace's mount
+    assert cgroup_parent(**paths)[0] == str(tmp_path / "d" / "cg" / "job")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "cgroup").write_text("4:memory:/x\n")
+    assert cgroup_parent(str(tmp_path / "e" / "cgroup"), "/nonexistent")[0] is None  # cgroup v1 only
+
+
+def test_cgroup_limit_written_and_read(tmp_path):
+    """The worker's side writes its cgroup's limit and moves itself in; the boss's side reads
+    memory.events when it ends and names the limit."""
+    paths, leaf = _tree(tmp_path)
+    hook = LimitMemory(64, str(leaf.parent), creator=4242)
+    hook(types.SimpleNamespace(memory=50.0))  # as in the worker's process (here only files are written)
+    made = leaf.parent / f"taylor-4242-{os.getpid()}"
+    assert (made / "memory.max").read_text() == str(50 << 20)
+    assert (made / "memory.swap.max").read_text() == "0"
+    assert (made / "memory.oom.group").read_text() == "1"
+    assert (made / "cgroup.procs").read_text() == str(os.getpid())
+    running = types.SimpleNamespace(memory=50.0)
+    (made / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 0\n")
+    assert hook.ended(running, os.getpid(), None) is None  # throttled, not killed: not its end
+    (made / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\n")
+    said = hook.ended(running, os.getpid(), None)
+    assert "exceeded its declared memory of 50 MiB" in said and str(made) in said
+    undeclared = LimitMemory(64, str(tmp_path / "absent"), creator=4242)
+    assert not undeclared._enter_cgroup(64)  # cannot make it: the worker falls back to RLIMIT_AS
