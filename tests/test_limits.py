@@ -146,6 +146,34 @@ def test_emfile_with_nothing_running_fails_the_task_saying_why():
                for e in entries), entries
 
 
+def test_spawner_fork_eagain_puts_the_task_back():
+    """The spawner's fork failing with EAGAIN (no process to spare: ulimit -u) is "not now" too: the
+    task goes back to the queue and runs once a worker ended; nothing fails."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import ctypes, errno, json
+        from taylor import batch_main, spawner
+        from taylor.schedulers import MaxThreadsScheduler
+        import workers  # noqa: F401 - registers the test workers
+
+        real, calls = spawner.bare_fork, [0]
+
+        def flaky():  # in the spawner process: its 3rd and 6th forks fail as under RLIMIT_NPROC
+            calls[0] += 1
+            if calls[0] in (3, 6):
+                ctypes.set_errno(errno.EAGAIN)
+                return -1
+            return real()
+
+        spawner.bare_fork = flaky
+        report = batch_main(dict(sleeping_time=0.2), dict(name=[f"w{i}" for i in range(24)]),
+                            scheduler=MaxThreadsScheduler(max_threads=8), print_report=False)
+        print(json.dumps([e["status"] for e in report["workers_report"]]))
+    """)], cwd=ROOT, env=dict(ENV, TAYLOR_FORK_HOOKS="0"), capture_output=True, text=True, timeout=45)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == ["done"] * 24
+    assert done.stderr.count("could not be started (Resource temporarily unavailable) while") == 1, done.stderr
+
+
 # ----------------------------------------------------------------------- memory
 def _hogs(scheduler, hogs, on_error="continue", memory=50):
     common = {} if memory is None else dict(memory=memory)
