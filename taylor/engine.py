@@ -490,10 +490,10 @@ class Engine:
         if "fds" not in self.warned:
             self.warned.add("fds")
             launcher = self.launcher
-            limits_log.warning("the boss's open-file limit (RLIMIT_NOFILE, %d) holds this run to about %d workers at "
-                        "once, fewer than its scheduler %s would start: the others wait for a free slot. Raise "
-                        "the limit (ulimit -n) to run more at once.", launcher.fd_limit, launcher.fd_budget - 1,
-                        type(self.scheduler).__name__)
+            limits_log.warning("the boss's open-file limit (RLIMIT_NOFILE, %d) holds this run to about %d workers "
+                               "at once, fewer than its scheduler %s would start: the others wait for a free slot. "
+                               "Raise the limit (ulimit -n) to run more at once.", launcher.fd_limit,
+                               launcher.fd_budget - 1, type(self.scheduler).__name__)
 
     def _not_now(self, instructions: Dict[str, Any], why: str) -> bool:
         """A worker could not start for want of a descriptor or a process (``why``).
@@ -516,9 +516,10 @@ class Engine:
         self.not_now = True
         if "not now" not in self.warned:
             self.warned.add("not now")
-            limits_log.warning("a worker could not be started (%s) while %d others run: the next ones wait for running "
-                        "workers to end. Raise the limits of the job (ulimit -n for descriptors, ulimit -u for "
-                        "processes) to run more at once.", why, len(self.workers) + len(self.by_pid))
+            limits_log.warning("a worker could not be started (%s) while %d others run: the next ones wait for "
+                               "running workers to end. Raise the limits of the job (ulimit -n for descriptors, "
+                               "ulimit -u for processes) to run more at once.", why,
+                               len(self.workers) + len(self.by_pid))
 
     def _start(self, instructions: Dict[str, Any]) -> bool:
         """Start a worker for ``instructions``; False: not now, they go back to the queue (see _not_now)."""
