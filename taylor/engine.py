@@ -34,6 +34,7 @@ from .errors import (
     CapacityError,
     InstructionsError,
     Interrupted,
+    MemoryLimitError,
     ReportError,
     TaylorError,
     WorkerDiedError,
@@ -42,16 +43,19 @@ from .errors import (
     worker_failure_message,
 )
 from .instructions import Instructions, resolve
-from .launcher import LocalProcesses
+from .launcher import NOT_NOW, LocalProcesses
 from .poller import READ, WRITE, Poller
 from .report import DONE, FAILED, STOPPED
 from .schedulers.base import expected_time_of, memory_of
+from .schedulers.memory_limit import LimitMemory
 from .spawner import EXITED, STARTED
 from .worker import OK, RAISED, UNSENDABLE, DirectSpec
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
 
 log = logging.getLogger("taylor.boss")
+#: What holds a run back (the job's limits): a logger of its own, which the command line keeps audible.
+limits_log = logging.getLogger("taylor.limits")
 
 #: Control signals and their meaning (the caller sends their names).
 SIGNALS = {
@@ -160,6 +164,11 @@ class Engine:
         self.caller_lost = False
         self.launcher = LocalProcesses(self._private_fds, options.max_report_bytes, options.shared)
         self.spawner_fd: Optional[int] = None
+        # The boss's descriptors bound how many workers run (see _fds_allow): once they ran short,
+        # a dispatch waits for fd_wait of them to be free; after a "not now" (see _not_now), for an end.
+        self.fd_wait = 1
+        self.not_now = False
+        self.warned: set = set()
 
     # ------------------------------------------------------------------ set-up
     def _private_fds(self) -> List[int]:
@@ -423,7 +432,7 @@ class Engine:
     # -------------------------------------------------------------- dispatching
     def _dispatch(self) -> None:
         self.dirty = False
-        if self.halted or self.stopping or not self.pending:
+        if self.halted or self.stopping or not self.pending or not self._fds_allow(self.fd_wait):
             return
         try:
             launch, later = self.scheduler.launchable(self.pending, self.workers, self.recent)
@@ -433,19 +442,87 @@ class Engine:
             return
         if later is not self.pending:
             self.pending = later if isinstance(later, list) else list(later)
+        self.fd_wait = 1
         for position, instructions in enumerate(launch):
             if self.stopping:  # starting one failed the run: the rest stays pending
-                for back in reversed(launch[position:]):
-                    self.pending.insert(0, back)  # a scheduler's queue takes insert(0, x)
+                self._put_back(launch[position:])
                 break
-            self._start(instructions)
+            if not self._fds_allow(1):  # the boss's descriptors run short: the rest waits for some
+                self._fds_short(len(launch) - position)
+                self._put_back(launch[position:])
+                break
+            if not self._start(instructions):  # not now (see _not_now): it and the rest wait
+                self._put_back(launch[position:])
+                break
         if not self.workers and self.pending and not launch:
             self._fail_run(CapacityError(
                 f"the scheduler {type(self.scheduler).__name__} starts none of the {len(self.pending)} "
                 "pending instructions although no worker runs, so they could never start; first one: "
                 f"{dict(self.pending[0])}"))
 
-    def _start(self, instructions: Dict[str, Any]) -> None:
+    def _put_back(self, launch: List[Dict[str, Any]]) -> None:
+        """Put instructions the scheduler chose back at the front of the queue, in their order."""
+        if isinstance(self.pending, list):
+            self.pending[:0] = launch
+        else:
+            for back in reversed(launch):
+                self.pending.insert(0, back)  # a scheduler's queue takes insert(0, x)
+
+    def _fds_allow(self, count: int) -> bool:
+        """Whether ``count`` more workers may start, as far as the boss's descriptors go.
+
+        Always true when the boss holds none for workers: no end would free one
+        to wait for (a start that then fails says why, see :meth:`_not_now`).
+        """
+        if self.launcher.fds_held == 0:
+            return True
+        return not self.not_now and self.launcher.fd_room() >= count
+
+    def _fds_short(self, backlog: int) -> None:
+        """The scheduler chose more workers than the boss has descriptors for: say so, once.
+
+        A scheduler that chose many more (a laxist one over a long queue) is
+        asked again only once a batch of workers ended, not at every end: each
+        call hands it the whole queue.
+        """
+        batch = max(1, self.launcher.fd_budget // 8)
+        self.fd_wait = batch if backlog > batch else 1
+        if "fds" not in self.warned:
+            self.warned.add("fds")
+            launcher = self.launcher
+            limits_log.warning("the boss's open-file limit (RLIMIT_NOFILE, %d) holds this run to about %d workers "
+                               "at once, fewer than its scheduler %s would start: the others wait for a free slot. "
+                               "Raise the limit (ulimit -n) to run more at once.", launcher.fd_limit,
+                               launcher.fd_budget - 1, type(self.scheduler).__name__)
+
+    def _not_now(self, instructions: Dict[str, Any], why: str) -> bool:
+        """A worker could not start for want of a descriptor or a process (``why``).
+
+        If others run, their ends free what was short: these instructions go
+        back to the queue (returns False) and no start is tried again before
+        one ends.  If none runs, waiting would never end: the worker fails,
+        saying why (returns True).
+        """
+        if self.workers or self.by_pid:
+            self._wait_for_an_end(why)
+            return False
+        worker = RunningWorker(instructions, None, None)
+        self.workers[worker.name] = worker
+        self._lost(worker, _alone_not_now(why))
+        return True
+
+    def _wait_for_an_end(self, why: str) -> None:
+        """Start nothing before a running worker ends (a start lacked what ``why`` says); say so, once."""
+        self.not_now = True
+        if "not now" not in self.warned:
+            self.warned.add("not now")
+            limits_log.warning("a worker could not be started (%s) while %d others run: the next ones wait for "
+                               "running workers to end. Raise the limits of the job (ulimit -n for descriptors, "
+                               "ulimit -u for processes) to run more at once.", why,
+                               len(self.workers) + len(self.by_pid))
+
+    def _start(self, instructions: Dict[str, Any]) -> bool:
+        """Start a worker for ``instructions``; False: not now, they go back to the queue (see _not_now)."""
         if not isinstance(instructions, Instructions) or instructions.worker_class is None:
             # A custom scheduler built new dicts: choose their class here.
             try:
@@ -453,8 +530,13 @@ class Engine:
                                           taken=set(self.workers))
             except TaylorError as exc:
                 self._fail_run(exc)
-                return
-        pid, token, fd, direct = self.launcher.start(instructions.worker_class, instructions.attributes({}))
+                return True
+        try:
+            pid, token, fd, direct = self.launcher.start(instructions.worker_class, instructions.attributes({}))
+        except OSError as exc:
+            if exc.errno not in NOT_NOW:
+                raise
+            return self._not_now(instructions, exc.strerror or os.strerror(exc.errno))
         worker = RunningWorker(instructions, pid, fd, direct)
         self.workers[worker.name] = worker
         if pid is None:
@@ -467,6 +549,7 @@ class Engine:
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
         if timeout is not None:
             self._at(timeout, self._on_timeout, worker)
+        return True
 
     def _started(self, worker: RunningWorker, pid: int) -> None:
         worker.pid = pid
@@ -501,7 +584,7 @@ class Engine:
         if worker.channel_open:
             worker.channel_open = False
             self.poller.unregister(worker.fd)
-            os.close(worker.fd)
+            self.launcher.close_channel(worker.fd)
 
     def _on_wakeup(self, fd: int, mask: int) -> None:
         signals = set()
@@ -555,10 +638,25 @@ class Engine:
             else:
                 why = os.strerror(second) if second else "the spawner could not read its instructions"
                 worker = self.asked.pop(first, None)
-                if worker is not None:
-                    self._lost(worker, f"could not be started ({why})")
+                if worker is not None and not (second in NOT_NOW and self._refused_not_now(worker, why)):
+                    self._lost(worker, worker.lost or f"could not be started ({why})")
         if not self.launcher.spawner_alive:
             self._close_spawner()
+
+    def _refused_not_now(self, worker: RunningWorker, why: str) -> bool:
+        """The spawner could not fork ``worker`` for want of a process or descriptor: put its
+        instructions back to wait for a free slot (True), if others run (see :meth:`_not_now`)."""
+        if self.stopping is None:
+            if len(self.workers) <= 1 and not self.by_pid:
+                worker.lost = _alone_not_now(why)
+                return False
+            self._wait_for_an_end(why)
+        del self.workers[worker.name]
+        self._close_channel(worker)
+        worker.finished = True  # its deadlines are void; it never ran
+        self._put_back([worker.instructions])  # stopping: listed as never started
+        self.dirty = True
+        return True
 
     def _close_spawner(self) -> None:
         """End the spawner (the run is over, or it died): its workers end with it."""
@@ -599,6 +697,7 @@ class Engine:
         if worker.direct is not None:
             exitcode = self._direct_end(worker, exitcode)
         worker.finished = True
+        self.not_now = False  # what a start lacked, this end may have freed
         self.workers.pop(worker.name, None)
         if worker.pid is not None:
             LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)  # strays left in its group
@@ -636,6 +735,11 @@ class Engine:
         else:
             partly = " (it died while sending its report)" if worker.decoder.partial else ""
             failed = WorkerDiedError, f"ended without reporting: {describe_exit(exitcode)}{partly}"
+        hooks = worker.instructions.get("scheduler_hooks")
+        if hooks:  # its memory may have been limited (a memory scheduler's enforce=True): was that its end?
+            over = _memory_over(hooks, worker, outcome[1] if kind == RAISED else None)
+            if over is not None and kind != OK and not worker.stop_requested:
+                failed = MemoryLimitError, over
         if failed is not None:
             cls, what = failed
             plain = {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"}
@@ -732,6 +836,19 @@ class Engine:
         while self.deadlines and self.deadlines[0][0] <= now:
             _, _, action, worker = heapq.heappop(self.deadlines)
             action(worker)
+
+
+def _memory_over(hooks: Any, worker: RunningWorker, raised: Optional[BaseException]) -> Optional[str]:
+    """How ``worker`` exceeded its memory limit, if one of its ``hooks`` limited it and that ended it."""
+    for hook in hooks:
+        if isinstance(hook, LimitMemory):
+            return hook.ended(worker, worker.pid, raised)
+    return None
+
+
+def _alone_not_now(why: str) -> str:
+    return (f"could not be started ({why}) although no other worker of this run was running; raise the "
+            "limits of the job (ulimit -n for descriptors, ulimit -u for processes)")
 
 
 def _note_signal(signum: int, frame: Any) -> None:

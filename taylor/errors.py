@@ -22,6 +22,7 @@ __all__ = [
     "WorkerError",
     "WorkerDiedError",
     "WorkerTimeoutError",
+    "MemoryLimitError",
     "ReportError",
     "RemoteTraceback",
     "Interrupted",
@@ -112,6 +113,11 @@ class WorkerDiedError(WorkerError):
 
 class WorkerTimeoutError(WorkerError, TimeoutError):
     """A worker ran longer than its ``timeout`` and was terminated."""
+
+
+class MemoryLimitError(WorkerError, MemoryError):
+    """A worker exceeded the memory it declared, under a memory scheduler with ``enforce=True``
+    (see :mod:`taylor.schedulers.memory_limit`); the message says how much it declared."""
 
 
 class ReportError(WorkerError):
