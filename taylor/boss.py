@@ -332,9 +332,10 @@ class Boss:
             tb = entry.get("traceback")
             if tb and error.__cause__ is None:
                 error.__cause__ = RemoteTraceback(tb)
-            if hasattr(error, "add_note") and tb:
-                error.add_note(f"raised in taylor worker {entry['name']!r} (pid {entry['pid']}) "
-                               f"with instructions {_short(entry['instructions'])}")
+            note = (f"raised in taylor worker {entry['name']!r} (pid {entry['pid']}) "
+                    f"with instructions {_short(entry['instructions'])}")
+            if hasattr(error, "add_note") and tb and note not in getattr(error, "__notes__", ()):
+                error.add_note(note)
         if error is not None:
             with contextlib.suppress(AttributeError, TypeError):
                 error.report = report
@@ -391,11 +392,14 @@ class Boss:
         pickled.  ``fatal`` is accepted for compatibility; bad input never
         reaches the boss, so it never needs stopping.
 
-        After the run's failure (``on_error='abort'``) this raises it (see
-        :meth:`_check`): instructions are sent only to a boss that is still
-        running.  Instructions sent in the instant between a failure in the
-        boss and the news of it reaching the caller are not lost: they are
-        listed in the final report's ``pending``, and the next call raises.
+        After the run's failure (``on_error='abort'``) this raises it:
+        instructions are sent only to a boss that is still running.  A call
+        that hears of the abort waits for the final report (the time the boss
+        takes to stop the running workers: about ``stop_grace`` seconds at
+        most) and raises with it as ``.report``.  Instructions sent in the
+        instant between a failure in the boss and the news of it reaching the
+        caller are not lost: they are listed in the final report's
+        ``pending``, and the next call raises.
         """
         self._check()
         if self._ended or self._final is not None:

@@ -22,6 +22,7 @@ import heapq
 import itertools
 import logging
 import os
+import reprlib
 import select
 import signal
 import time
@@ -225,7 +226,7 @@ class Engine:
             # The failure may be the poller's (a descriptor closed under it): nothing waits on it
             # any more, so it is set aside (not closed: its number may be another's by now), and
             # each step is tried on its own: the caller gets this error and the entries, not a dead boss.
-            self.broken_poller, self.poller = self.poller, _SetAside()
+            self._broken_poller, self.poller = self.poller, _SetAside()
             for step in (lambda: self._stop_workers("error"), self._drain_workers):
                 try:
                     step()
@@ -775,9 +776,14 @@ class _SetAside:
         pass
 
 
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = 300
+_brief.maxlist = _brief.maxtuple = _brief.maxset = _brief.maxdict = 30
+
+
 def _failure_text(entry: Dict[str, Any]) -> str:
     """What the log says of a failed worker, as it fails: who, what, its instructions one per
-    line (each value cut at a few hundred characters), and the worker's traceback."""
+    line (each value cut short, never fully rendered if huge), and the worker's traceback."""
     error = entry["report"]
     what = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else repr(error)
     pid = f" (pid {entry['pid']})" if entry.get("pid") else ""
@@ -785,7 +791,7 @@ def _failure_text(entry: Dict[str, Any]) -> str:
     for key, value in entry["instructions"].items():
         if key == "scheduler_hooks":
             continue
-        text = repr(value)
+        text = _brief.repr(value)
         lines.append(f"    {key} = {text if len(text) <= 300 else text[:297] + '...'}")
     if entry.get("traceback"):
         lines.append(entry["traceback"].rstrip("\n"))
