@@ -148,6 +148,18 @@ def test_instructions_reaching_a_stopping_boss_are_listed_as_pending():
         boss.close()
 
 
+def test_instructions_after_stop_listening_are_refused_not_lost():
+    """STOP_LISTENING's report has gone: later instructions could never be reported."""
+    boss = run_as_server(None, dict(crash=["hang"], seconds=[0.5]), scheduler=LaxistScheduler())
+    try:
+        boss.send_signal("STOP_LISTENING")
+        with pytest.raises(taylor.BossClosedError, match="STOP_LISTENING"):
+            boss.set_instructions(dict(noop=True), dict(value=[1]))
+        assert boss.wait_till_finished()["status"] == "pending"
+    finally:
+        boss.close()
+
+
 def test_instructions_sent_around_a_failure_never_vanish():
     """Whenever set_instructions is called around a failure, what it accepted is in the final
     report: run (an entry), or listed as pending; and the failure is raised."""
