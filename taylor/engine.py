@@ -22,6 +22,7 @@ import heapq
 import itertools
 import logging
 import os
+import reprlib
 import select
 import signal
 import time
@@ -151,6 +152,7 @@ class Engine:
         self.silent = False
         self.failure: Optional[Dict[str, Any]] = None
         self.error: Optional[BaseException] = None
+        self.told_aborting = False  # the caller was told the run ends on its own (see _tell_aborting)
         self.dirty = False
         self.deadlines: list = []
         self._seq = itertools.count()
@@ -230,8 +232,15 @@ class Engine:
             log.error("boss loop failed:\n%s", traceback.format_exc())
             self.error = TaylorError(f"the boss process failed: {type(exc).__name__}: {exc}",
                                      traceback=traceback.format_exc())
-            self._stop_workers("error")
-            self._drain_workers()
+            # The failure may be the poller's (a descriptor closed under it): nothing waits on it
+            # any more, so it is set aside (not closed: its number may be another's by now), and
+            # each step is tried on its own: the caller gets this error and the entries, not a dead boss.
+            self._broken_poller, self.poller = self.poller, _SetAside()
+            for step in (lambda: self._stop_workers("error"), self._drain_workers):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001
+                    log.error("while ending the run after that:\n%s", traceback.format_exc())
         self._close_spawner()
         self._send_final()
         if self.silent and self.outbox and not self.caller_lost:
@@ -284,9 +293,10 @@ class Engine:
             return
         kind, payload = message
         if kind == "instructions":
-            if self.ending or self.stopping:
-                log.warning("%d instructions arrived after the end was asked; ignored", len(payload))
+            if self.stopping == "listening":  # the final report has gone: they could never be reported
+                log.warning("%d instructions arrived after STOP_LISTENING; ignored", len(payload))
                 return
+            # A stopping boss starts nothing more: these are listed as pending in its final report.
             self.pending.extend(payload)
             self.dirty = True
         elif kind == "signal":
@@ -414,7 +424,7 @@ class Engine:
             waiter.register(self.caller_fd, select.POLLIN)
         while self.outbox:
             for fd, events in waiter.poll():
-                if fd == self.caller_fd:
+                if fd == self.caller_fd or events & select.POLLNVAL:  # gone, or no longer a descriptor
                     return
                 if fd == self.wakeup_r:
                     if signal.SIGTERM in (wire.read_chunk(fd) or b""):
@@ -599,6 +609,7 @@ class Engine:
                                          signum=signal.SIGTERM)
             self.stopping = "signal"
             self._stop_workers("signal")
+            self._tell_aborting({"error": self.error})
         self._reap()
 
     def _reap(self) -> None:
@@ -762,6 +773,7 @@ class Engine:
             self.failure = entry
             self.stopping = "abort"
             self._stop_workers("abort")
+            self._tell_aborting({"failure": entry["name"]})
 
     def _direct_end(self, worker: RunningWorker, exitcode: int) -> int:
         """Make the outcome of a direct run, as its worker process would have sent it; return the
@@ -782,7 +794,7 @@ class Engine:
 
     def _log(self, entry: Dict[str, Any]) -> None:
         if entry["status"] == FAILED:
-            log.error("worker %s failed: %s", entry["name"], entry["report"])
+            log.error("%s", _failure_text(entry))
         elif self.options.verbose:
             text = repr(entry["report"])
             if len(text) > self.options.maxlenreport:
@@ -795,6 +807,20 @@ class Engine:
             self.error = error
         self.stopping = "error"
         self._stop_workers("error")
+        self._tell_aborting({"error": self.error})
+
+    def _tell_aborting(self, news: Dict[str, Any]) -> None:
+        """Tell the caller at once that the run is ending on its own (a worker's failure under
+        on_error='abort', a failure of the run, SIGTERM), before the final report, which
+        waits for the running workers to stop: every call of the caller raises from then on
+        rather than queue work that will never run."""
+        if self.told_aborting:
+            return
+        self.told_aborting = True
+        try:
+            self._send(("aborting", news))
+        except Exception:  # noqa: BLE001 - an error that does not pickle: the final report will say
+            self._send(("aborting", {}))
 
     # ------------------------------------------------------- stopping, deadlines
     def _stop_workers(self, why: str) -> None:
@@ -849,6 +875,44 @@ def _memory_over(hooks: Any, worker: RunningWorker, raised: Optional[BaseExcepti
 def _alone_not_now(why: str) -> str:
     return (f"could not be started ({why}) although no other worker of this run was running; raise the "
             "limits of the job (ulimit -n for descriptors, ulimit -u for processes)")
+
+
+class _SetAside:
+    """Stands for the poller once the loop has failed: descriptors are only dropped from then on."""
+
+    def fileno(self) -> None:
+        return None
+
+    def register(self, fd: int, callback: Any, events: int = READ) -> None:
+        pass
+
+    def modify(self, fd: int, events: int) -> None:
+        pass
+
+    def unregister(self, fd: int) -> None:
+        pass
+
+
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = 300
+_brief.maxlist = _brief.maxtuple = _brief.maxset = _brief.maxdict = 30
+
+
+def _failure_text(entry: Dict[str, Any]) -> str:
+    """What the log says of a failed worker, as it fails: who, what, its instructions one per
+    line (each value cut short, never fully rendered if huge), and the worker's traceback."""
+    error = entry["report"]
+    what = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else repr(error)
+    pid = f" (pid {entry['pid']})" if entry.get("pid") else ""
+    lines = [f"worker {entry['name']!r}{pid} failed: {what}", "its instructions:"]
+    for key, value in entry["instructions"].items():
+        if key == "scheduler_hooks":
+            continue
+        text = _brief.repr(value)
+        lines.append(f"    {key} = {text if len(text) <= 300 else text[:297] + '...'}")
+    if entry.get("traceback"):
+        lines.append(entry["traceback"].rstrip("\n"))
+    return "\n".join(lines)
 
 
 def _note_signal(signum: int, frame: Any) -> None:

@@ -1,6 +1,8 @@
 """One small hierarchy of errors, each saying what happened to whom.
 
-Every error raised by taylor derives from :class:`TaylorError`.  Errors about the
+Every error raised by taylor derives from :class:`TaylorError`, except
+:class:`Interrupted` (a signal ended the run), which derives from
+``BaseException`` as ``KeyboardInterrupt`` does.  Errors about the
 caller's input also derive from :class:`ValueError` so that code written for the
 original system (which raised ``ValueError``/``AssertionError``) keeps catching
 them.  All of them pickle, since most are built in the boss process and travel
@@ -124,12 +126,30 @@ class ReportError(WorkerError):
     """A worker's report could not be sent back (unpicklable or too large)."""
 
 
-class Interrupted(TaylorError):
-    """The caller received SIGTERM (or SIGINT outside Python's KeyboardInterrupt).
+class Interrupted(BaseException):
+    """SIGTERM (what batch systems send before a kill) stopped the run.
 
-    ``signum`` is the signal; the workers were stopped and ``report`` holds
-    what had finished.
+    Raised in the caller when it receives SIGTERM while waiting on a run,
+    and when the boss process itself received it (a batch system signals
+    every process of the job).  ``signum`` is the signal; the workers were
+    stopped and ``report`` holds what had finished and what never started.
+
+    Like ``KeyboardInterrupt`` and ``SystemExit`` it derives from
+    ``BaseException``, not ``Exception`` (nor :class:`TaylorError`): a
+    program's ``except Exception:`` around a batch, meant for the work's own
+    errors, does not swallow it, and the program ends as the batch system
+    asked.  Catch it by name to clean up, then re-raise.
     """
+
+    def __init__(self, message: str = "", signum: Optional[int] = None, **attributes: Any) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.report: Optional[dict] = None
+        for key, value in attributes.items():
+            setattr(self, key, value)
+
+    def __reduce__(self):
+        return (type(self), self.args, self.__dict__)
 
 
 class RemoteTraceback(Exception):
