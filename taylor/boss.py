@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import math
 import os
+import pickle
 import select
 import signal
 import socket
@@ -30,12 +31,14 @@ from .errors import (
     InstructionsError,
     Interrupted,
     RemoteTraceback,
+    ReportError,
     TaylorError,
     _short,
     describe_exit,
+    worker_failure_message,
 )
 from .instructions import expand, resolve, worker_classes
-from .report import Report
+from .report import FAILED, Report
 from .schedulers import default_scheduler
 
 __all__ = ["Boss", "run_as_server", "batch_main"]
@@ -98,6 +101,8 @@ class Boss:
         self._submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
         self._running: Dict[str, int] = {}  # process group of each running worker, by name
         self._decoder = wire.Decoder()
+        self._demoted = 0  # entries the boss counted done whose report could not be unpickled here
+        self._local_failure: Optional[Dict[str, Any]] = None  # the first of them, under on_error='abort'
         self._status: Optional[Dict[str, Any]] = None
         self._final: Optional[Report] = None
         self._failure: Optional[BaseException] = None
@@ -187,11 +192,43 @@ class Boss:
             if ticket is not None:
                 instructions["scheduler_ticket"] = ticket
             payload["instructions"] = instructions
+            self._unpack_report(payload)
             self._entries.append(payload)
         elif kind == "status":
             self._status = payload
         elif kind == "final":
             self._on_final(payload)
+
+    def _unpack_report(self, entry: Dict[str, Any]) -> None:
+        """Load the entry's report, pickled apart in the boss (see :func:`wire.pack_report`).
+
+        A report this process cannot unpickle fails that worker alone, with a
+        :class:`ReportError` saying why; under ``on_error='abort'`` it stops
+        the run like any first failure (the boss, which could read it, is told).
+        """
+        try:
+            entry["report"] = pickle.loads(entry["report"])
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure of a class's own unpickling
+            why = f"{type(exc).__name__}: {exc}"
+        name, was = entry["name"], entry["status"]
+        plain = {k: v for k, v in entry["instructions"].items() if k != "scheduler_hooks"}
+        what = "raised an exception" if was == FAILED else "sent a report"
+        entry.update(status=FAILED, report=ReportError(worker_failure_message(
+            f"{what} that the boss could read but this process (the caller) cannot unpickle ({why}). "
+            "Make its class importable here (its module on this program's sys.path, imported before the "
+            "Boss was created), and its pickling independent of the process (a __reduce__, or for an "
+            "exception an __init__, that rebuilds it from plain values)", name, plain, entry.get("pid")),
+            worker=name, pid=entry.get("pid"), instructions=plain, exitcode=entry.get("exitcode")))
+        if was == FAILED:
+            return
+        self._demoted += 1  # the boss counted it done
+        if self._options.on_error == "abort" and self._local_failure is None \
+                and not any(e["status"] == FAILED for e in self._entries):
+            # The first failure of the run, which the boss does not know of: stop it as it would have.
+            self._local_failure = entry
+            with contextlib.suppress(OSError):  # a boss already gone has stopped anyway
+                self._sock.sendall(wire.encode(("signal", "STOP_RIGHTNOW")), _NOSIGNAL)
 
     def _pump(self, until, block: bool = True, timeout: Optional[float] = None) -> None:
         """Receive messages until ``until()`` holds; raise if the boss died first.
@@ -239,10 +276,14 @@ class Boss:
             return False
         if not data:
             return False
-        for message in self._decoder.feed(data):
+        unreadable = None
+        for message in self._decoder.feed(data):  # every message, even after one that cannot be read
             if isinstance(message, wire.Undecodable):
-                raise TaylorError(f"a message from the boss{self._label()} could not be read: {message.error}")
-            self._handle(message)
+                unreadable = unreadable or message
+            else:
+                self._handle(message)
+        if unreadable is not None:
+            raise TaylorError(f"a message from the boss{self._label()} could not be read: {unreadable.error}")
         return True
 
     def _on_boss_death(self) -> None:
@@ -277,6 +318,10 @@ class Boss:
 
     # ----------------------------------------------------------------- reports
     def _report(self, status: str, **extra: Any) -> Report:
+        counts = extra.get("counts")
+        if counts and self._demoted:  # reports the boss counted done, which could not be read here
+            extra["counts"] = dict(counts, done=counts.get("done", 0) - self._demoted,
+                                   failed=counts.get("failed", 0) + self._demoted)
         report = Report(workers_report=list(self._entries), status=status)
         report.update(extra)
         return report
@@ -285,12 +330,15 @@ class Boss:
         extra = {k: final[k] for k in ("pending", "running") if k in final}
         if "pending" in extra:
             extra["pending"] = [self._submitted.get(name, {"name": name}) for name in extra["pending"]]
-        report = self._report(final["status"], counts=final["counts"], **extra)
+        local = self._local_failure if final.get("error") is None else None  # it came first, if any
+        report = self._report("failed" if local else final["status"], counts=final["counts"], **extra)
         if self.name is not None:
             report["boss"] = self.name
         self._final = report
         error = final.get("error")
-        if error is None and final.get("failure") is not None:
+        if local is not None:
+            error = local["report"]
+        elif error is None and final.get("failure") is not None:
             entry = next(e for e in reversed(self._entries) if e["name"] == final["failure"])
             error = entry["report"]
             if not isinstance(error, BaseException):
