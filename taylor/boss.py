@@ -23,7 +23,7 @@ import time
 import weakref
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from . import wire
+from . import checks, wire
 from .engine import SIGNALS, Options, serve
 from .errors import (
     BossClosedError,
@@ -76,10 +76,10 @@ class Boss:
                  max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30) -> None:
         if on_error not in ("abort", "continue"):
             raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-        if not stop_grace >= 0:
-            raise ValueError(f"stop_grace must be zero or more seconds, got {stop_grace!r}")
+        why = (None if timeout is None else checks.seconds(timeout, "timeout")) or \
+            checks.seconds(stop_grace, "stop_grace", zero=True)
+        if why:
+            raise ValueError(why + (" (timeout=None: no timeout)" if why.startswith("timeout") else ""))
         if scheduler is None:
             scheduler = default_scheduler()
         if not callable(getattr(scheduler, "launchable", None)):
@@ -481,6 +481,9 @@ class Boss:
         On SIGINT or SIGTERM while waiting, stops the workers and raises like
         :meth:`wait_till_finished`.
         """
+        why = None if timeout is None else checks.seconds(timeout, "timeout", zero=True)
+        if why:
+            raise ValueError(why + " (None: no limit)")
         if not self.ended:
             try:
                 with _signals_raise():

@@ -248,6 +248,12 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
         _fail("--resume needs --journal FILE (the journal of the run to resume)")
     if logdir and not template:
         _fail("--logdir applies to --command runs only")
+    if timeout is not None:
+        from .checks import seconds
+
+        why = seconds(timeout, "--timeout")  # NaN passes click's range; inf and > 24.8 days too
+        if why:
+            _fail(why)
     if report_path and report_path != "-":
         folder = os.path.dirname(os.path.abspath(report_path))
         if not os.access(folder, os.W_OK):

@@ -8,15 +8,29 @@ journal that is not UTF-8: each with real bosses and workers (or the real
 
 from __future__ import annotations
 
+import math
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from taylor import ReportError, Worker, batch_main, run_as_server
-from taylor.schedulers import LaxistScheduler
+from taylor import Boss, InstructionsError, ReportError, Worker, batch_main, run_as_server
+from taylor.checks import MAX_SECONDS
+from taylor.schedulers import LaxistScheduler, MaxMemoryScheduler
 
 pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_taylor(*args):
+    """The real console entry point (python -m taylor), as a batch script runs it."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    return subprocess.run([sys.executable, "-m", "taylor", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=30)
 
 _CALLER = os.getpid()  # the test process; the boss and the workers are forks of it
 
@@ -155,3 +169,129 @@ def test_report_the_boss_cannot_pickle_again_is_that_workers_error_not_the_boss_
     assert entry["status"] == "failed" and isinstance(entry["report"], ReportError)
     assert "could read but not pickle again" in str(entry["report"]) and "pickle only once" in str(entry["report"])
     assert next(w for w in report.workers if w["name"] == "fine")["report"] == "report of fine"
+
+
+# ------------------------------------------------------------------- timeouts
+_BAD_SECONDS = [math.nan, math.inf, -math.inf, -1.0, 0.0, MAX_SECONDS + 1, 30 * 86400.0, "soon", True]
+
+
+@pytest.mark.parametrize("value", _BAD_SECONDS)
+def test_boss_timeout_the_poller_cannot_take_is_refused_up_front(value):
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        Boss(timeout=value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.5, MAX_SECONDS + 1])
+def test_boss_stop_grace_the_poller_cannot_take_is_refused_up_front(value):
+    with pytest.raises(ValueError, match="stop_grace must be a number of seconds"):
+        Boss(stop_grace=value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, 0.0, MAX_SECONDS + 1])
+def test_worker_timeout_the_poller_cannot_take_is_refused_naming_the_worker(value):
+    with Boss(scheduler=LaxistScheduler(), on_error="continue") as boss:
+        with pytest.raises(InstructionsError, match="worker 'late'.*timeout must be a number of seconds"):
+            boss.set_instructions(dict(gather_at=0.0), dict(name=["fine", "late"], timeout=[1.0, value]))
+        # Nothing of the refused batch was sent; the boss takes good instructions after it.
+        assert boss.set_instructions(dict(gather_at=0.0), dict(name=["fine"])) == ["fine"]
+        boss.make_them_work()
+    report = boss.get_report()
+    assert [(w["name"], w["report"]) for w in report.workers] == [("fine", "report of fine")]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0, MAX_SECONDS + 1])
+def test_wait_for_entries_timeout_the_poller_cannot_take_is_refused(value):
+    with Boss(scheduler=LaxistScheduler()) as boss:
+        boss.set_instructions(dict(gather_at=0.0), dict(name=["a"]))
+        boss.make_them_work(terminate=True)
+        with pytest.raises(ValueError, match="timeout must be a number of seconds, 0 or more"):
+            boss.wait_for_entries(value)
+        assert [e["name"] for e in boss.entries()] == ["a"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e9"])
+def test_command_line_timeout_the_poller_cannot_take_exits_2(value):
+    result = run_taylor("run", "--command", "true", "-i", "x=1", "--timeout", value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "taylor: error: --timeout must be a number of seconds" in result.stderr
+
+
+def test_the_longest_timeouts_the_poller_takes_are_accepted_and_run():
+    report = batch_main(dict(gather_at=0.0), dict(name=["a", "b"], timeout=[MAX_SECONDS, None]),
+                        scheduler=LaxistScheduler(), timeout=MAX_SECONDS, stop_grace=MAX_SECONDS,
+                        print_report=False)
+    assert report.ok and len(report.done) == 2
+
+
+# --------------------------------------------------------------------- memory
+@pytest.mark.parametrize("key, value", [("memory", math.nan), ("memory", -1.0), ("memory", math.inf),
+                                        ("expected_time", math.nan), ("expected_time", -5.0)])
+def test_memory_and_expected_time_must_be_finite_and_not_negative(key, value):
+    with pytest.raises(InstructionsError, match=f"worker 'w3': {key} must be a finite number") as info:
+        batch_main(dict(gather_at=0.0), {"name": [f"w{i}" for i in range(6)], key: [1.0, 1, 1, value, 1, 1]},
+                   scheduler=MaxMemoryScheduler(max_memory=2), print_report=False)
+    assert info.value.instructions["name"] == "w3"
+
+
+def test_negative_memory_cannot_slip_more_workers_under_the_cap():
+    # Before: memory=-1 made six workers fit a cap of 1 MiB at once.
+    with pytest.raises(ValueError, match="memory must be a finite number of MiB, 0 or more, got -1"):
+        batch_main(dict(gather_at=0.0, memory=-1), dict(name=[f"w{i}" for i in range(6)]),
+                   scheduler=MaxMemoryScheduler(max_memory=1), print_report=False)
+
+
+# ------------------------------------------------------- shapes and depth
+@pytest.mark.parametrize("common, individual, words", [
+    ([("gather_at", 0.0)], dict(name=["a"]), "common instructions must be a mapping"),
+    ("gather_at=0", dict(name=["a"]), "common instructions must be a mapping"),
+    (dict(gather_at=0.0), [("name", ["a"])], "individual instructions must be a mapping"),
+    (dict(gather_at=0.0), dict(name={"a", "b"}), "'name' must be a list of values.*sets and mappings"),
+    (dict(gather_at=0.0), dict(name=frozenset("ab")), "'name' must be a list of values"),
+    (dict(gather_at=0.0), dict(name={"a": 1}), "'name' must be a list of values.*sets and mappings"),
+    (dict(gather_at=0.0), dict(name="ab"), "'name' must be a list of values.*a string is one value"),
+    (dict(gather_at=0.0), dict(name=b"ab"), "'name' must be a list of values"),
+    (dict(gather_at=0.0), dict(name=iter("ab")), "'name' must be a list of values"),
+    (dict(gather_at=0.0), dict(name=["a", "b"], linger=[0, 0, 0]), "'linger' has 3 values where 'name' has 2"),
+])
+def test_instructions_of_the_wrong_shape_are_refused_naming_the_key(common, individual, words):
+    with Boss(scheduler=LaxistScheduler()) as boss:
+        with pytest.raises(InstructionsError, match=words):
+            boss.set_instructions(common, individual)
+        boss.set_instructions(dict(gather_at=0.0), dict(name=("a", "b")))  # tuples, ranges, arrays: fine
+        boss.make_them_work()
+    assert sorted(w["report"] for w in boss.get_report().workers) == ["report of a", "report of b"]
+
+
+def test_zero_dimensional_array_is_no_list_of_values():
+    numpy = pytest.importorskip("numpy")
+    with Boss(scheduler=LaxistScheduler()) as boss:
+        with pytest.raises(InstructionsError, match="'linger' must be a list of values"):
+            boss.set_instructions(dict(gather_at=0.0), dict(linger=numpy.array(0.1)))
+        boss.set_instructions(dict(gather_at=0.0), dict(linger=numpy.array([0.0, 0.0])))
+        boss.make_them_work()
+    assert len(boss.get_report().done) == 2
+
+
+def _nested(depth):
+    top = current = []
+    for _ in range(depth):
+        current.append([])
+        current = current[0]
+    return top
+
+
+@pytest.mark.parametrize("where", ["common", "individual"])
+def test_instructions_nested_thousands_deep_are_an_instructions_error(where):
+    deep = _nested(5000)
+    common, individual = dict(gather_at=0.0), dict(name=["a"])
+    if where == "common":
+        common["payload"] = deep
+    else:
+        individual["payload"] = [deep]
+    with Boss(scheduler=LaxistScheduler()) as boss:
+        with pytest.raises(InstructionsError, match="'payload' is nested too deeply") as info:
+            boss.set_instructions(common, individual)
+        assert not isinstance(info.value, RecursionError)
+        boss.set_instructions(dict(gather_at=0.0), dict(name=["a"]))
+        boss.make_them_work()
+    assert boss.get_report().ok
