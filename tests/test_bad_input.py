@@ -19,7 +19,7 @@ import pytest
 
 from taylor import Boss, InstructionsError, ReportError, Worker, batch_main, run_as_server
 from taylor.checks import MAX_SECONDS
-from taylor.schedulers import LaxistScheduler, MaxMemoryScheduler
+from taylor.schedulers import LaxistScheduler, MaxMemoryScheduler, MaxThreadsScheduler
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,6 +96,23 @@ class Gathering(Worker):
         if self.once:
             return PicklesOnce(self.name)
         return f"report of {self.name}" if self.readable else CallerCannotLoad(self.name)
+
+
+_HOOK_MARK = "TAYLOR_TEST_HOOKED"
+
+
+def mark_hooked(worker):
+    """A caller-given scheduler hook: leaves a trace the task reports."""
+    os.environ[_HOOK_MARK] = f"hooked {worker.name}"
+
+
+class Hooked(Worker):
+    """Reports what the hooks did to its process: the marker, and the CPUs it may use."""
+
+    _footprint = dict(attr=dict(hooked_task=dict(type=bool, values=[True])))
+
+    def _task(self):
+        return os.environ.get(_HOOK_MARK), sorted(os.sched_getaffinity(0))
 
 
 # ------------------------------------------------- reports the caller cannot read
@@ -295,3 +312,21 @@ def test_instructions_nested_thousands_deep_are_an_instructions_error(where):
         boss.set_instructions(dict(gather_at=0.0), dict(name=["a"]))
         boss.make_them_work()
     assert boss.get_report().ok
+
+
+# ------------------------------------------------------------ scheduler hooks
+@pytest.mark.parametrize("scheduler", [LaxistScheduler(), MaxThreadsScheduler(max_threads=2),
+                                       MaxThreadsScheduler(max_threads=2, binded=True)],
+                         ids=["laxist", "threads", "threads-bound"])
+def test_scheduler_hooks_given_as_instructions_are_honoured(scheduler):
+    report = batch_main(dict(hooked_task=True, scheduler_hooks=[mark_hooked]), dict(name=["h1", "h2"]),
+                        scheduler=scheduler, print_report=False)
+    assert sorted(w["report"][0] for w in report.workers) == ["hooked h1", "hooked h2"]
+    if getattr(scheduler, "binded", False) and len(os.sched_getaffinity(0)) > 1:
+        assert all(len(w["report"][1]) == 1 for w in report.workers)  # the scheduler's binding ran too
+
+
+def test_scheduler_hooks_that_are_not_callables_are_refused():
+    with pytest.raises(InstructionsError, match="worker 'h1': scheduler_hooks must be callables"):
+        batch_main(dict(hooked_task=True, scheduler_hooks=["not a function"]), dict(name=["h1"]),
+                   print_report=False)
