@@ -306,7 +306,11 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
     if resume:
         from .journal import read_done, row_key
 
-        done, bad = read_done(journal_path)
+        try:
+            done, bad = read_done(journal_path)
+        except (OSError, ValueError) as exc:  # a directory, no permission, not UTF-8 (JournalError)
+            _fail(str(exc) if isinstance(exc, ValueError) else
+                  f"cannot read the journal {journal_path}: {exc.strerror or exc}")
         if bad:
             click.echo(f"taylor: {bad} unreadable line(s) in {journal_path} ignored (a line cut by a kill?)",
                        err=True)

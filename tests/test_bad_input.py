@@ -330,3 +330,28 @@ def test_scheduler_hooks_that_are_not_callables_are_refused():
     with pytest.raises(InstructionsError, match="worker 'h1': scheduler_hooks must be callables"):
         batch_main(dict(hooked_task=True, scheduler_hooks=["not a function"]), dict(name=["h1"]),
                    print_report=False)
+
+
+# -------------------------------------------------------------------- journal
+def test_resume_from_a_journal_line_that_is_not_utf8_exits_2_naming_file_and_line(tmp_path):
+    journal = tmp_path / "run.jsonl"
+    first = run_taylor("run", "--command", "true {x}", "-i", "x=1,2", "--journal", journal)
+    assert first.returncode == 0, first.stderr
+    with open(journal, "ab") as f:
+        f.write(b'{"status": "done", "instructions": {"x": "\xff\xfe"}}\n')
+    result = run_taylor("run", "--command", "true {x}", "-i", "x=1,2,3", "--journal", journal, "--resume")
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("taylor: error:")]
+    assert str(journal) in line and "line 3 is not UTF-8" in line
+    assert "Traceback" not in result.stderr
+    assert len(Path(journal).read_bytes().splitlines()) == 3  # the journal is left as it was
+
+
+def test_resume_ignores_a_last_line_cut_inside_a_character(tmp_path):
+    journal = tmp_path / "run.jsonl"
+    assert run_taylor("run", "--command", "true {x}", "-i", "x=1,2", "--journal", journal).returncode == 0
+    with open(journal, "ab") as f:
+        f.write('{"status": "done", "instructions": {"x": "é'.encode()[:-1])  # killed mid-character
+    result = run_taylor("run", "--command", "true {x}", "-i", "x=1,2,3", "--journal", journal, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "2 of 3 tasks already done" in result.stderr and "1 unreadable line" in result.stderr
