@@ -257,6 +257,13 @@ def test_negative_memory_cannot_slip_more_workers_under_the_cap():
                    scheduler=MaxMemoryScheduler(max_memory=1), print_report=False)
 
 
+@pytest.mark.parametrize("options", [dict(max_memory=math.nan), dict(max_memory=-1.0),
+                                     dict(max_memory=100, memory_per_task=math.nan)])
+def test_memory_scheduler_refuses_nan_and_negative_sizes(options):
+    with pytest.raises(InstructionsError, match="must be"):
+        MaxMemoryScheduler(**options)
+
+
 # ------------------------------------------------------- shapes and depth
 @pytest.mark.parametrize("common, individual, words", [
     ([("gather_at", 0.0)], dict(name=["a"]), "common instructions must be a mapping"),
