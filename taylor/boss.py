@@ -14,6 +14,7 @@ import contextlib
 import copy
 import math
 import os
+import pickle
 import pprint
 import select
 import signal
@@ -24,7 +25,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-from . import wire
+from . import checks, wire
 from .engine import SIGNALS, Options, serve
 from .errors import (
     BossClosedError,
@@ -32,12 +33,14 @@ from .errors import (
     InstructionsError,
     Interrupted,
     RemoteTraceback,
+    ReportError,
     TaylorError,
     _short,
     describe_exit,
+    worker_failure_message,
 )
 from .instructions import expand, resolve, worker_classes
-from .report import Report
+from .report import FAILED, Report
 from .schedulers import default_scheduler
 
 __all__ = ["Boss", "run_as_server", "batch_main"]
@@ -81,10 +84,10 @@ class Boss:
                  max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30) -> None:
         if on_error not in ("abort", "continue"):
             raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-        if not stop_grace >= 0:
-            raise ValueError(f"stop_grace must be zero or more seconds, got {stop_grace!r}")
+        why = (None if timeout is None else checks.seconds(timeout, "timeout")) or \
+            checks.seconds(stop_grace, "stop_grace", zero=True)
+        if why:
+            raise ValueError(why + (" (timeout=None: no timeout)" if why.startswith("timeout") else ""))
         if scheduler is None:
             scheduler = default_scheduler()
         if not callable(getattr(scheduler, "launchable", None)):
@@ -106,6 +109,8 @@ class Boss:
         self._submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
         self._running: Dict[str, int] = {}  # process group of each running worker, by name
         self._decoder = wire.Decoder()
+        self._demoted = 0  # entries the boss counted done whose report could not be unpickled here
+        self._local_failure: Optional[Dict[str, Any]] = None  # the first of them, under on_error='abort'
         self._status: Optional[Dict[str, Any]] = None
         self._final: Optional[Report] = None
         self._failure: Optional[BaseException] = None  # never raised itself: see _raise_failure
@@ -208,6 +213,7 @@ class Boss:
             if ticket is not None:
                 instructions["scheduler_ticket"] = ticket
             payload["instructions"] = instructions
+            self._unpack_report(payload)
             self._entries.append(payload)
         elif kind == "status":
             self._status = payload
@@ -215,6 +221,39 @@ class Boss:
             self._aborting = payload
         elif kind == "final":
             self._on_final(payload)
+
+    def _unpack_report(self, entry: Dict[str, Any]) -> None:
+        """Load the entry's report, pickled apart in the boss (see :func:`wire.pack_report`).
+
+        A report this process cannot unpickle fails that worker alone, with a
+        :class:`ReportError` saying why; under ``on_error='abort'`` it stops
+        the run like any first failure (the boss, which could read it, is told).
+        """
+        try:
+            entry["report"] = pickle.loads(entry["report"])
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure of a class's own unpickling
+            why = f"{type(exc).__name__}: {exc}"
+        name, was = entry["name"], entry["status"]
+        plain = {k: v for k, v in entry["instructions"].items() if k != "scheduler_hooks"}
+        what = "raised an exception" if was == FAILED else "sent a report"
+        entry.update(status=FAILED, report=ReportError(worker_failure_message(
+            f"{what} that the boss could read but this process (the caller) cannot unpickle ({why}). "
+            "Make its class importable here (its module on this program's sys.path, imported before the "
+            "Boss was created), and its pickling independent of the process (a __reduce__, or for an "
+            "exception an __init__, that rebuilds it from plain values)", name, plain, entry.get("pid")),
+            worker=name, pid=entry.get("pid"), instructions=plain, exitcode=entry.get("exitcode")))
+        if was == FAILED:
+            return
+        self._demoted += 1  # the boss counted it done
+        if self._options.on_error == "abort" and self._local_failure is None \
+                and not any(e["status"] == FAILED for e in self._entries):
+            # The first failure of the run, which the boss does not know of: stop it as it would have.
+            self._local_failure = entry
+            if self._aborting is None:  # later calls raise it, as for a failure the boss saw
+                self._aborting = {"failure": name}
+            with contextlib.suppress(OSError):  # a boss already gone has stopped anyway
+                self._sock.sendall(wire.encode(("signal", "STOP_RIGHTNOW")), _NOSIGNAL)
 
     def _pump(self, until, block: bool = True, timeout: Optional[float] = None) -> None:
         """Receive messages until ``until()`` holds; raise if the boss died first.
@@ -262,10 +301,14 @@ class Boss:
             return False
         if not data:
             return False
-        for message in self._decoder.feed(data):
+        unreadable = None
+        for message in self._decoder.feed(data):  # every message, even after one that cannot be read
             if isinstance(message, wire.Undecodable):
-                raise TaylorError(f"a message from the boss{self._label()} could not be read: {message.error}")
-            self._handle(message)
+                unreadable = unreadable or message
+            else:
+                self._handle(message)
+        if unreadable is not None:
+            raise TaylorError(f"a message from the boss{self._label()} could not be read: {unreadable.error}")
         return True
 
     def _on_boss_death(self) -> None:
@@ -300,6 +343,10 @@ class Boss:
 
     # ----------------------------------------------------------------- reports
     def _report(self, status: str, **extra: Any) -> Report:
+        counts = extra.get("counts")
+        if counts and self._demoted:  # reports the boss counted done, which could not be read here
+            extra["counts"] = dict(counts, done=counts.get("done", 0) - self._demoted,
+                                   failed=counts.get("failed", 0) + self._demoted)
         report = Report(workers_report=list(self._entries), status=status)
         report.update(extra)
         return report
@@ -316,11 +363,15 @@ class Boss:
         if late:
             extra["pending"] = extra.get("pending", []) + late
             counts = dict(counts, pending=counts.get("pending", 0) + len(late))
-        report = self._report(final["status"], counts=counts, **extra)
+        local = self._local_failure if final.get("error") is None else None  # it came first, if any
+        report = self._report("failed" if local else final["status"], counts=counts, **extra)
         if self.name is not None:
             report["boss"] = self.name
         self._final = report
-        self._set_failure(final.get("failure"), final.get("error"), report)
+        if local is not None:
+            self._set_failure(None, local["report"], report)
+        else:
+            self._set_failure(final.get("failure"), final.get("error"), report)
 
     def _set_failure(self, failure: Optional[str], error: Optional[BaseException], report: Report) -> None:
         """Keep the run's failure (worker ``failure``'s exception, else ``error``) with ``report``."""
@@ -520,6 +571,9 @@ class Boss:
         On SIGINT or SIGTERM while waiting, stops the workers and raises like
         :meth:`wait_till_finished`.
         """
+        why = None if timeout is None else checks.seconds(timeout, "timeout", zero=True)
+        if why:
+            raise ValueError(why + " (None: no limit)")
         if not self.ended:
             try:
                 with _signals_raise():

@@ -255,6 +255,12 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
         _fail("--resume needs --journal FILE (the journal of the run to resume)")
     if logdir and not template:
         _fail("--logdir applies to --command runs only")
+    if timeout is not None:
+        from .checks import seconds
+
+        why = seconds(timeout, "--timeout")  # NaN passes click's range; inf and > 24.8 days too
+        if why:
+            _fail(why)
     if report_path and report_path != "-":
         folder = os.path.dirname(os.path.abspath(report_path))
         if not os.access(folder, os.W_OK):
@@ -308,7 +314,11 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
     if resume:
         from .journal import read_done, row_key
 
-        done, bad = read_done(journal_path)
+        try:
+            done, bad = read_done(journal_path)
+        except (OSError, ValueError) as exc:  # a directory, no permission, not UTF-8 (JournalError)
+            _fail(str(exc) if isinstance(exc, ValueError) else
+                  f"cannot read the journal {journal_path}: {exc.strerror or exc}")
         if bad:
             click.echo(f"taylor: {bad} unreadable line(s) in {journal_path} ignored (a line cut by a kill?)",
                        err=True)

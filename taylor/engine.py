@@ -751,18 +751,29 @@ class Engine:
             over = _memory_over(hooks, worker, outcome[1] if kind == RAISED else None)
             if over is not None and kind != OK and not worker.stop_requested:
                 failed = MemoryLimitError, over
+        packed = None
+        if failed is None and kind in (OK, RAISED):
+            try:
+                packed = wire.pack_report(entry["report"])
+            except Exception as exc:  # noqa: BLE001 - its __reduce__ (or a part's) fails here
+                failed = ReportError, (f"sent a report the boss could read but not pickle again for the caller "
+                                       f"({type(exc).__name__}: {exc})")
         if failed is not None:
             cls, what = failed
             plain = {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"}
             entry.update(status=FAILED, report=cls(
                 worker_failure_message(what, worker.name, plain, worker.pid),
                 worker=worker.name, pid=worker.pid, instructions=plain, exitcode=exitcode))
+            packed = None
         self.counts[entry["status"]] += 1
         self.recent.append(entry)
         self._log(entry)
         # The caller has the instructions already: the entry goes back without them.
+        # ...and its report pickled apart, so that a report the caller cannot unpickle is that
+        # worker's failure there, not a message lost with the others that came with it.
         sent = dict(entry)
         del sent["instructions"]
+        sent["report"] = packed if packed is not None else _pack_own(entry["report"])
         ticket = worker.instructions.get("scheduler_ticket")
         if ticket is not None:
             sent["scheduler_ticket"] = ticket
@@ -913,6 +924,15 @@ def _failure_text(entry: Dict[str, Any]) -> str:
     if entry.get("traceback"):
         lines.append(entry["traceback"].rstrip("\n"))
     return "\n".join(lines)
+
+
+def _pack_own(report: Any) -> bytes:
+    """What the boss made a worker's report (None, or a failure), pickled for the caller; plainly
+    should the failure's instructions not pickle."""
+    try:
+        return wire.pack_report(report)
+    except Exception as exc:  # noqa: BLE001 - an instruction value that pickles only in the caller
+        return wire.pack_report(TaylorError(f"{report} (its details could not be pickled: {type(exc).__name__})"))
 
 
 def _note_signal(signum: int, frame: Any) -> None:

@@ -36,8 +36,17 @@ def _short(instructions: Optional[Mapping[str, Any]], limit: int = 300) -> str:
     """A one-line, bounded rendering of instructions for error messages."""
     if instructions is None:
         return "{}"
-    text = "{" + ", ".join(f"{k}={v!r}" for k, v in instructions.items()) + "}"
+    text = "{" + ", ".join(f"{k}={_safe_repr(v)}" for k, v in instructions.items()) + "}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe_repr(value: Any) -> str:
+    """``repr(value)``, or a placeholder when it fails (nested too deeply, a broken ``__repr__``):
+    an error message must never raise in turn."""
+    try:
+        return repr(value)
+    except Exception as exc:  # noqa: BLE001 - any failure of a user's __repr__
+        return f"<{type(value).__name__} that cannot be printed: {type(exc).__name__}>"
 
 
 def describe_exit(status: int) -> str:

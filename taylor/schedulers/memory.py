@@ -103,14 +103,14 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
         if not 0 < self.memory_max_percentage <= 1:
             raise InstructionsError(
                 f"memory_max_percentage must be in (0, 1], got {self.memory_max_percentage}")
-        if self.memory_per_task < 0:
+        if not self.memory_per_task >= 0:  # NaN too
             raise InstructionsError(f"memory_per_task must be 0 or more MiB, got {self.memory_per_task}")
         if self.max_memory is None:
             job, source = describe()["memory_mib"]
             self.max_memory = self.memory_max_percentage * job
             self.memory_source = f"{self.memory_max_percentage:g} x {job:.0f} MiB, the {source}"
         else:
-            if self.max_memory <= 0:
+            if not self.max_memory > 0:  # NaN too
                 raise InstructionsError(f"max_memory must be more than 0 MiB, got {self.max_memory}")
             self.memory_source = "max_memory given"
 
