@@ -589,8 +589,11 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     tracker = _Tracker(tasks, retries, halt, attempts)
     mode, logdir = output["mode"], output["logdir"]
     private = tempfile.mkdtemp(prefix="taylor-output-") if mode != "quiet" and tasks else ""
+    # Where a Worker class's processes write (see worker._redirect_output): taylor's own folder, to be
+    # printed, or straight into --logdir when nothing is printed.
+    worker_dir = (private or logdir) if not output["command"] and tasks else None
     printer = OutputPrinter(mode, private, output["order"], output["tags"], output["keep_order"],
-                            logdir if mode == "line" else None, clear=bar.clear)
+                            logdir if mode == "line" or worker_dir else None, clear=bar.clear)
     if output["command"]:
         for task in tasks:
             if private:
@@ -604,8 +607,11 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
 
     def record(entry: Dict[str, Any]) -> None:
         nonlocal stopping
-        name, attempt = tracker.resolve(str(entry["name"]))
+        worker = str(entry["name"])
+        name, attempt = tracker.resolve(worker)
         pieces = take_output(entry.get("report"))
+        if worker_dir and mode != "line":
+            pieces = _worker_output(worker_dir, worker)
         again = tracker.retry(name, attempt, entry["status"])
         entry["name"] = name
         entry["attempts"] = attempt
@@ -620,14 +626,14 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if again:
-            printer.discard(pieces)
+            printer.discard(name, pieces, worker)
             if boss is not None:
                 boss.set_instructions({}, tracker.again(name, attempt + 1))
             return
         if logdir and mode != "line" and attempt > tracker.first[name]:
             _rename_logs(logdir, f"{name}#{attempt}", name)
         if pieces or entry["status"] != "stopped":
-            printer.finished(name, pieces)
+            printer.finished(name, pieces, worker)
         else:
             printer.skip(name)
         if tracker.halting is not None and not stopping and boss is not None and not abort_in_boss:
@@ -639,6 +645,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
 
     previous_int = signal.getsignal(signal.SIGINT)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+    if worker_dir:
+        os.environ["TAYLOR_OUTPUT_DIR"] = os.path.abspath(worker_dir)
     try:
         try:
             if tasks:
@@ -710,6 +718,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
             boss.close()
         if private:
             shutil.rmtree(private, ignore_errors=True)
+        if worker_dir:
+            os.environ.pop("TAYLOR_OUTPUT_DIR", None)
         signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
         signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.SIG_DFL)
         logger.setLevel(level)
@@ -738,6 +748,21 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     counts = {e["status"] for e in report.workers}
     complete = counts <= {"done"} and not report.get("pending") and len(report.workers) == len(tasks)
     return EXIT_OK if complete and error is None else EXIT_FAILED
+
+
+def _worker_output(folder: str, worker: str) -> Dict[str, Any]:
+    """The output files a Worker class's process left in ``folder``: the non-empty ones (empty ones removed)."""
+    pieces: Dict[str, Any] = {}
+    for stream, ext in (("stdout", ".out"), ("stderr", ".err")):
+        path = os.path.join(folder, worker.replace(os.sep, "_") + ext)
+        try:
+            if os.path.getsize(path):
+                pieces[stream] = (None, path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+    return pieces
 
 
 def _rename_logs(logdir: str, worker: str, name: str) -> None:
@@ -862,6 +887,39 @@ def _one_line(value: Any) -> str:
     text = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else repr(value)
     text = " ".join(text.split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+# ------------------------------------------------------------------- status
+@main.command(context_settings=CONTEXT)
+@click.argument("journal_path", metavar="JOURNAL")
+@click.option("--watch", "watch", is_flag=False, flag_value=2.0, default=None, type=click.FloatRange(min=0.1),
+              metavar="[SECONDS]", help="Refresh every SECONDS (2 when not given) until the run ends.")
+def status(journal_path: str, watch: Optional[float]) -> None:
+    """Show a batch from its --journal, while it runs or after: counts, rate, ETA, running tasks and their age,
+    the slowest tasks, the failed ones with their last output lines.
+
+    Example: taylor status run.jsonl --watch
+    """
+    from .status import read_status
+
+    terminal = sys.stdout.isatty()
+    while True:
+        try:
+            state = read_status(journal_path)
+        except OSError as exc:
+            _fail(f"cannot read the journal {journal_path}: {exc.strerror or exc}")
+        text = "\n".join(state.lines())
+        if watch and terminal:
+            click.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + journal_path, nl=True)
+        click.echo(text)
+        if not watch or state.alive is not True:
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return
+        if not terminal:
+            click.echo("")
 
 
 # ------------------------------------------------------------ introspection

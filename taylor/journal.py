@@ -57,7 +57,8 @@ def read_done(path: str) -> Tuple[Set[str], int]:
 
 
 def read_records(path: str) -> Tuple[list, int]:
-    """Every readable record of the journal at ``path`` (in order) and how many lines were unreadable."""
+    """Every readable record of the journal at ``path`` (in order) and how many lines were unreadable
+    (a last line still being written is not counted)."""
     records = []
     bad = 0
     with open(path, encoding="utf-8", errors="replace") as stream:
@@ -67,7 +68,8 @@ def read_records(path: str) -> Tuple[list, int]:
             try:
                 record = json.loads(line)
             except ValueError:
-                bad += 1
+                if line.endswith("\n"):  # not the line being written now
+                    bad += 1
                 continue
             if isinstance(record, dict):
                 records.append(record)

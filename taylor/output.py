@@ -44,8 +44,10 @@ class OutputPrinter:
     ``order`` maps task names to their input position (for ``-k``), ``tags``
     to their ``--tag`` prefix.  ``private`` is the directory whose files are
     taylor's own (deleted once printed); ``logdir`` the user's, where the
-    non-empty outputs of a ``--line-buffer`` run are moved.  ``clear`` is
-    called before anything is written (it takes the progress line away).
+    non-empty ``<worker>.out``/``.err`` files of ``private`` are moved once
+    printed (as ``<task>.out``/``.err``; when the tasks did not write to
+    ``logdir`` themselves).  ``clear`` is called before anything is written
+    (it takes the progress line away).
     """
 
     def __init__(self, mode: str, private: str, order: Dict[str, int], tags: Optional[Dict[str, str]] = None,
@@ -64,13 +66,14 @@ class OutputPrinter:
         self._offsets: Dict[str, int] = {}  # --line-buffer: bytes of each live file printed so far
 
     # ------------------------------------------------------------ grouped
-    def finished(self, name: str, pieces: Dict[str, Piece]) -> None:
-        """A task ended (for good: no retry follows) with ``pieces`` of output."""
+    def finished(self, name: str, pieces: Dict[str, Piece], worker: Optional[str] = None) -> None:
+        """Task ``name`` ended (for good: no retry follows) with ``pieces`` of output; ``worker`` names its files
+        (the worker of its last attempt)."""
         if self.mode == "line":
-            self._finish_live(name)
+            self._finish_live(name, worker or name, keep=True)
             return
         if self.mode == "quiet":
-            self._discard(pieces)
+            self._discard(pieces, name)
             return
         if not self.keep_order:
             self._print(name, pieces)
@@ -84,9 +87,14 @@ class OutputPrinter:
             self._skipped.add(self.order[name])
             self._release()
 
-    def discard(self, pieces: Dict[str, Piece]) -> None:
-        """Output of an attempt that is retried: not shown (GNU parallel shows the last attempt only)."""
-        self._discard(pieces)
+    def discard(self, name: str, pieces: Dict[str, Piece], worker: str) -> None:
+        """Output of an attempt that is retried: not shown (GNU parallel shows the last attempt only;
+        ``--line-buffer`` has shown it as it came)."""
+        if self.mode == "line":
+            self._finish_live(name, worker, keep=False)
+        else:
+            for _, path in pieces.values():
+                self._remove(path, None)
 
     def close(self) -> None:
         """At the end of the run: print what ``-k`` still holds, in order, whatever is missing before it."""
@@ -94,8 +102,7 @@ class OutputPrinter:
             name, pieces = self._held.pop(position)
             self._print(name, pieces)
         if self.mode == "line":
-            for name in list(self._offsets):
-                self._finish_live(name)
+            self.poll()
 
     def _release(self) -> None:
         while True:
@@ -108,16 +115,22 @@ class OutputPrinter:
                 return
             self._next += 1
 
-    def _discard(self, pieces: Dict[str, Piece]) -> None:
+    def _discard(self, pieces: Dict[str, Piece], name: Optional[str]) -> None:
         for _, path in pieces.values():
-            self._remove(path)
+            self._remove(path, name)
 
-    def _remove(self, path: Optional[str]) -> None:
-        if path and os.path.dirname(path) == self.private:
-            try:
+    def _remove(self, path: Optional[str], name: Optional[str]) -> None:
+        """Delete a file of ``private`` once printed, or move it into ``logdir`` as task ``name``'s."""
+        if not path or os.path.dirname(path) != self.private:
+            return
+        try:
+            ext = os.path.splitext(path)[1]
+            if name is not None and self.logdir and ext in (".out", ".err") and os.path.getsize(path):
+                shutil.move(path, os.path.join(self.logdir, name.replace(os.sep, "_") + ext))
+            else:
                 os.unlink(path)
-            except OSError:
-                pass
+        except OSError:
+            pass
 
     def _print(self, name: str, pieces: Dict[str, Piece]) -> None:
         if not pieces:
@@ -138,7 +151,7 @@ class OutputPrinter:
                 except OSError as exc:
                     print(f"taylor: cannot read the output of task {name} from {path}: {exc.strerror or exc}",
                           file=sys.stderr)
-                self._remove(path)
+                self._remove(path, name)
 
     # --------------------------------------------------------- line buffer
     def poll(self) -> None:
@@ -177,21 +190,19 @@ class OutputPrinter:
         self.clear()
         target = sys.stderr if path.endswith(".err") else sys.stdout
         target.flush()
-        tag = self.tags.get(name, "").encode() if self.tags is not None else None
+        tag = None
+        if self.tags is not None:  # a retried attempt's files are named <task>#<attempt>
+            tag = self.tags.get(name, self.tags.get(name.rpartition("#")[0], "")).encode()
         _write(target.fileno(), _tagged(chunk, tag) if tag is not None else chunk)
 
-    def _finish_live(self, name: str) -> None:
-        safe = name.replace(os.sep, "_")
+    def _finish_live(self, name: str, worker: str, keep: bool) -> None:
+        safe = worker.replace(os.sep, "_")
         for ext in (".out", ".err"):
             path = os.path.join(self.private, safe + ext)
             self._emit(path, safe, whole=True)
             self._offsets.pop(path, None)
-            if not os.path.exists(path):
-                continue
-            if self.logdir and os.path.getsize(path):
-                shutil.move(path, os.path.join(self.logdir, safe + ext))
-            else:
-                self._remove(path)
+            if os.path.exists(path):
+                self._remove(path, name if keep else None)
 
 
 def _tagged(data: bytes, tag: bytes) -> bytes:
