@@ -96,6 +96,7 @@ def expand_braces(template: str, keys: Sequence[str]) -> str:
     """
     if "{" not in template:
         return template
+    template_keys(template)  # a malformed template is said plainly
     out = []
     for literal, field, spec, conversion in string.Formatter().parse(template):
         out.append(literal.replace("{", "{{").replace("}", "}}"))
@@ -123,7 +124,7 @@ def check_template(template: str, rows: Iterable[Mapping[str, Any]]) -> None:
         if missing:
             have = ", ".join(sorted(k for k in row if k != "command")) or "none"
             raise InstructionsError(f"unknown key {{{missing[0]}}} in the command template: instruction set "
-                                    f"#{index + 1} has keys {have}")
+                                    f"#{index + 1} has keys {have} (write {{{{ and }}}} for literal braces)")
 
 
 def _modify(text: str, modifier: str) -> str:
