@@ -343,10 +343,13 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
             if clash:
                 _fail(f"instruction key {sorted(clash)[0]!r} is reserved with --command; rename it")
         try:
-            if positional and not template_keys(template) and "{#}" not in template and "{%}" not in template:
+            if not user_rows:
+                pass  # nothing to fill: an empty input is a warning, not an error
+            elif positional and not template_keys(template) and "{#}" not in template and "{%}" not in template:
                 template += " {}"  # GNU parallel appends the values to a command that names none
-            template = expand_braces(template, [k for k in (user_rows[0] if user_rows else {}) if k != "name"])
-            check_template(template, user_rows)
+            if user_rows:
+                template = expand_braces(template, [k for k in user_rows[0] if k != "name"])
+                check_template(template, user_rows)
         except TaylorError as exc:
             _fail(str(exc))
     else:
@@ -411,8 +414,19 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
                       journal_path=journal_path, append=resume, skipped=skipped,
                       progress=sys.stderr.isatty() if progress is None else progress,
                       output=dict(mode=mode, order=order, tags=tags, keep_order=keep_order, logdir=logdir,
-                                  command=template is not None), command=template)
+                                  command=template is not None), command=template,
+                      window=_window(halt, scheduler_kind, max_threads))
     sys.exit(code)
+
+
+def _window(halt: Any, kind: Optional[str], max_threads: Optional[int]) -> Optional[int]:
+    """How many tasks the boss may hold at once: its thread count when a --halt rule other than the
+    default now,fail=1 must be met exactly (see _run_batch), else None (all at once: the fastest)."""
+    if halt is None or halt == ("now", "fail", 1, None) or kind in ("memory", "laxist"):
+        return None
+    from .schedulers.host import usable_cpus
+
+    return max_threads or usable_cpus()
 
 
 def _tag_text(value: Any) -> str:
@@ -563,9 +577,14 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                halt: Any, halt_spec: Optional[str], retries: int, attempts: Dict[str, int],
                timeout: Optional[float], verbose: bool, report_path: Optional[str], journal_path: Optional[str],
                append: bool, skipped: int, progress: bool, output: Dict[str, Any],
-               command: Optional[str] = None) -> int:
+               command: Optional[str] = None, window: Optional[int] = None) -> int:
     """Run the tasks, print their output, journal and show them as they finish, write the report; return
-    the exit code."""
+    the exit code.
+
+    With ``window``, the boss is given that many tasks first and one more as each ends, so that a
+    ``--halt soon`` rule is met exactly (the boss has no task at hand to start in the slot a failure
+    freed); otherwise it has them all at once, and a halt reaches it within milliseconds.
+    """
     import shutil
     import tempfile
 
@@ -604,6 +623,14 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 task["logdir"] = logdir
     abort_in_boss = retries == 0 and halt is not None and halt == ("now", "fail", 1, None)
     stopping = False
+    queue = list(reversed(tasks))  # what the boss has not been given yet, next last
+
+    def feed(count: int) -> None:
+        if boss is None or tracker.halting is not None or tracker.interrupted:
+            return
+        given = [queue.pop() for _ in range(min(count, len(queue)))]
+        for group in _groups(given):
+            boss.set_instructions({}, group)
 
     def record(entry: Dict[str, Any]) -> None:
         nonlocal stopping
@@ -630,6 +657,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
             if boss is not None:
                 boss.set_instructions({}, tracker.again(name, attempt + 1))
             return
+        if window:
+            feed(1)
         if logdir and mode != "line" and attempt > tracker.first[name]:
             _rename_logs(logdir, f"{name}#{attempt}", name)
         if pieces or entry["status"] != "stopped":
@@ -653,8 +682,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 boss = Boss(scheduler=scheduler, on_error="abort" if abort_in_boss else "continue",
                             timeout=timeout, verbose=verbose)
                 try:
-                    for group in _groups(tasks):
-                        boss.set_instructions({}, group)
+                    feed(window or len(tasks))
                     # Opened once the input is known good: a bad input leaves an old journal as it was.
                     journal = Journal(journal_path, append=append) if journal_path else None
                     if journal is not None:
@@ -666,7 +694,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                     _fail(str(exc))
                 boss.make_them_work()
                 told_end = False
-                if not retries:
+                if not retries and not queue:
                     boss.end()
                     told_end = True
                 bar.draw(force=True)
@@ -677,7 +705,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                         record(entry)
                     if mode == "line":
                         printer.poll()
-                    if not told_end and (tracker.all_final or stopping) and not boss.ended:
+                    if not told_end and not boss.ended and (
+                            stopping or (not queue and (not retries or tracker.all_final))):
                         boss.end()
                         told_end = True
                     if watch and not boss.ended and time.monotonic() - bar.asked >= bar.interval:
@@ -732,6 +761,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         for item in report.get("pending") or ():
             if isinstance(item, dict) and "name" in item:
                 item["name"] = tracker.resolve(str(item["name"]))[0]
+        if queue:  # never given to the boss (a halt came first)
+            report["pending"] = list(report.get("pending") or ()) + [dict(t) for t in reversed(queue)]
     if skipped:
         report["skipped_as_done"] = skipped
     if error is not None and "error" not in report:
@@ -743,8 +774,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         return 128 + int(interrupted)
     if isinstance(error, BossDiedError):
         return EXIT_FAILED
-    if tracker.halting is not None and tracker.halting.why != "fail" and not tracker.failed and error is None:
-        return EXIT_OK  # halted on success, as asked
+    if tracker.halting is not None and tracker.halting.why != "fail" and error is None:
+        return EXIT_OK  # halted on success, as asked (GNU parallel too exits 0 then)
     counts = {e["status"] for e in report.workers}
     complete = counts <= {"done"} and not report.get("pending") and len(report.workers) == len(tasks)
     return EXIT_OK if complete and error is None else EXIT_FAILED

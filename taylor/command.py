@@ -148,9 +148,23 @@ def as_text(value: Any) -> str:
     """A value as the command sees it: text as written; JSON values as JSON text (``true``, ``null``, ``2.5``)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, (bool, type(None), int, float, dict, list, tuple)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
+    return _json_text(value)
+
+
+def _json_text(value: Any) -> str:
+    from .sources import Written
+
+    if isinstance(value, Written):  # a number as written in the file
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + _json_text(v)
+                              for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_json_text(v) for v in value) + "]"
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _numeric(value: Any) -> Any:

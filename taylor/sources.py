@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InstructionsError
 
-__all__ = ["scalar", "parse_common", "parse_individual", "read_rows", "read_lines", "build_rows", "FORMATS"]
+__all__ = ["Written", "scalar", "parse_common", "parse_individual", "read_rows", "read_lines", "build_rows", "FORMATS"]
 
 #: Formats of instruction files; "lines" is one value per line, under key "1".
 FORMATS = ("json", "yaml", "jsonl", "csv", "lines")
@@ -95,10 +95,16 @@ def _from_document(doc: Any, path: str) -> List[Row]:
                             f"and 'individual', got a {type(doc).__name__}")
 
 
+class Written(str):
+    """A JSON or YAML number kept as the text it was written as (``1.10``), shown as such in JSON text."""
+
+    __slots__ = ()
+
+
 def _loads(text: str, as_written: bool) -> Any:
     """JSON; with ``as_written``, numbers stay the text they were written as (``1.10``, ``1e3``)."""
     if as_written:
-        return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+        return json.loads(text, parse_int=Written, parse_float=Written, parse_constant=Written)
     return json.loads(text)
 
 
@@ -139,7 +145,7 @@ def _yaml(text: str, path: str, as_written: bool = False) -> Any:
         class AsWritten(yaml.SafeLoader):
             pass
         for tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
-            AsWritten.add_constructor(tag, yaml.SafeLoader.construct_scalar)
+            AsWritten.add_constructor(tag, lambda loader, node: Written(loader.construct_scalar(node)))
         loader = AsWritten
     try:
         return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
