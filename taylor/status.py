@@ -53,15 +53,25 @@ class BatchStatus:
 
     @property
     def alive(self) -> Optional[bool]:
-        """Whether the run's process still runs (None: unknown, a journal from elsewhere or of old)."""
+        """Whether the run goes on: its process runs and not every task has ended (None: unknown, a journal
+        of old).  The process is looked for on this host: a journal on a shared disk written elsewhere
+        reads as ended once that process's number is free here."""
         if not self.pid:
             return None
+        if self.total is not None and self.finished >= self.total and not self.running:
+            return False
         try:
             os.kill(int(self.pid), 0)
         except ProcessLookupError:
             return False
         except OSError:  # another user's process: it exists
             return True
+        try:
+            with open(f"/proc/{int(self.pid)}/stat", "rb") as stat:
+                if stat.read().rsplit(b")", 1)[1].split()[0] == b"Z":  # ended, not yet reaped
+                    return False
+        except (OSError, IndexError):
+            pass
         return True
 
     @property
