@@ -1,8 +1,10 @@
 """The ``taylor`` command line: batches from the shell and inside batch-job scripts.
 
 ``taylor run`` runs one batch to the end, of a Python Worker class or of a
-shell command per instruction set; ``taylor workers`` and ``taylor
-schedulers`` say what can be chosen.  Exit codes: 0 all succeeded, 1 a task
+shell command per instruction set, with GNU parallel's habits (``:::``
+input, replacement strings, grouped output, ``--halt``, ``--retries``);
+``taylor status`` shows a batch from its journal; ``taylor workers`` and
+``taylor schedulers`` say what can be chosen.  Exit codes: 0 all succeeded, 1 a task
 failed, 2 usage or input error, 130 SIGINT, 143 SIGTERM.
 """
 
@@ -203,7 +205,7 @@ Examples:
 """
 
 #: Instruction keys taylor run sets on command tasks itself.
-RESERVED = frozenset({"command", "logdir", "outdir", "live", "tail", "taylor_seq"})
+RESERVED = frozenset({"command", "logdir", "outdir", "live", "taylor_seq"})
 
 
 @main.command(context_settings=dict(CONTEXT, allow_interspersed_args=False), help=RUN_HELP, no_args_is_help=True)
@@ -333,6 +335,8 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
     if not user_rows and not from_file and not groups and not individual:
         _fail("no instruction sets: give -i KEY=V1,V2,..., --from FILE or ::: VALUES")
 
+    # {} and --tag show the task's input values: not its name, nor what -c gives every task.
+    inputs_only = {"name"} | {item.partition("=")[0].strip() for item in common}
     worker_class = None
     if template is not None:
         from .command import CommandWorker, check_template, expand_braces, template_keys
@@ -348,7 +352,7 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
             elif positional and not template_keys(template) and "{#}" not in template and "{%}" not in template:
                 template += " {}"  # GNU parallel appends the values to a command that names none
             if user_rows:
-                template = expand_braces(template, [k for k in user_rows[0] if k != "name"])
+                template = expand_braces(template, [k for k in user_rows[0] if k not in inputs_only])
                 check_template(template, user_rows)
         except TaylorError as exc:
             _fail(str(exc))
@@ -406,7 +410,7 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
     if not user_rows:
         click.echo("taylor: warning: the input is empty: no task to run", err=True)
 
-    tags = {name: " ".join(_tag_text(v) for k, v in row.items() if k != "name") + "\t"
+    tags = {name: " ".join(_tag_text(v) for k, v in row.items() if k not in inputs_only) + "\t"
             for name, row in originals.items()} if tag else None
     mode = "quiet" if quiet else "line" if line_buffer else "group"
     code = _run_batch(tasks, originals, scheduler, halt=halt, halt_spec=halt_spec, retries=retries,

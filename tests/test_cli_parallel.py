@@ -105,6 +105,10 @@ def test_replacement_strings_and_modifiers(tmp_path):
         assert _gnu("-k", template, input=lines) == result.stdout
     named = taylor("run", "--command", "echo {f/.} {f//} {f.}", "-i", "f=a/b.c", cwd=tmp_path)
     assert named.stdout == "b a a/b\n"
+    # {} and --tag are the task's input values, not what -c gives every task; -c tail=N still sets the tails.
+    common = taylor("run", "--tag", "-c", "x=1", "-c", "tail=1", "echo {x} {}", ":::", "a", cwd=tmp_path)
+    assert common.returncode == 0, common.stderr
+    assert common.stdout == "a\t1 a\n"
 
 
 def test_from_stdin_is_one_value_per_line_unless_told(tmp_path):
