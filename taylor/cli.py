@@ -611,7 +611,9 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     boss: Optional[Boss] = None
     tracker = _Tracker(tasks, retries, halt, attempts)
     mode, logdir = output["mode"], output["logdir"]
-    private = tempfile.mkdtemp(prefix="taylor-output-") if mode != "quiet" and tasks else ""
+    # taylor's own folder for output files: to print them, or (--quiet, a Worker class, no --logdir) to drop them.
+    needed = mode != "quiet" or not (output["command"] or logdir)
+    private = tempfile.mkdtemp(prefix="taylor-output-") if needed and tasks else ""
     # Where a Worker class's processes write (see worker._redirect_output): taylor's own folder, to be
     # printed, or straight into --logdir when nothing is printed.
     worker_dir = (private or logdir) if not output["command"] and tasks else None

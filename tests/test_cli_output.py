@@ -140,6 +140,8 @@ def test_worker_class_output_is_grouped_and_kept_in_logdir(tmp_path):
     assert (tmp_path / "logs" / "task-0002.err").read_text() == "b-err\n"
     quiet = taylor("run", "--worker", "talkers.py:Talker", "-i", "word=z", "--quiet", "--logdir", "q", cwd=tmp_path)
     assert quiet.stdout == "" and (tmp_path / "q" / "task-0001.out").read_text() == "z-0\nz-1\nz-2\n"
+    silent = taylor("run", "--worker", "talkers.py:Talker", "-i", "word=z", "--quiet", cwd=tmp_path)
+    assert silent.returncode == 0 and silent.stdout == "" and "z-err" not in silent.stderr
 
 
 def test_progress_on_a_pipe_is_plain_lines(tmp_path):
