@@ -99,6 +99,8 @@ class OutputPrinter:
     def close(self) -> None:
         """At the end of the run: print what ``-k`` still holds, in order, whatever is missing before it."""
         for position in sorted(self._held):
+            if position not in self._held:  # dropped: the reader is gone
+                continue
             name, pieces = self._held.pop(position)
             self._print(name, pieces)
         if self.mode == "line":
@@ -133,6 +135,20 @@ class OutputPrinter:
             pass
 
     def _print(self, name: str, pieces: Dict[str, Piece]) -> None:
+        try:
+            self._print_pieces(name, pieces)
+        except BrokenPipeError:
+            self._reader_gone(pieces)
+
+    def _reader_gone(self, pieces: Dict[str, Piece]) -> None:
+        """Whoever read taylor's output is gone (``taylor run ... | head``): the tasks go on, unprinted."""
+        self.mode = "quiet"
+        self._discard(pieces, None)
+        for _, held in self._held.values():
+            self._discard(held, None)
+        self._held.clear()
+
+    def _print_pieces(self, name: str, pieces: Dict[str, Piece]) -> None:
         if not pieces:
             return
         self.clear()
@@ -184,9 +200,13 @@ class OutputPrinter:
                     self._write_lines(name, path, chunk)
         except FileNotFoundError:
             return
+        except BrokenPipeError:
+            self._reader_gone({})
         self._offsets[path] = offset
 
     def _write_lines(self, name: str, path: str, chunk: bytes) -> None:
+        if self.mode == "quiet":
+            return
         self.clear()
         target = sys.stderr if path.endswith(".err") else sys.stdout
         target.flush()

@@ -189,3 +189,12 @@ def test_progress_line_never_mixes_with_output_on_a_terminal(tmp_path):
         # erased (ESC [K) before the output is written, so nothing of it is left beside the output.
         shown = line.rsplit("\r", 1)[-1]
         assert shown.replace("\x1b[K", "") in {f"out-{i}" for i in range(1, 9)}, repr(line)
+
+
+def test_a_reader_that_goes_away_stops_the_printing_not_the_run(tmp_path):
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
+    script = (f"{sys.executable} -m taylor run -j 2 --journal j.jsonl 'seq 3; sleep 0.05 #' ::: $(seq 10) | head -1; "
+              "echo \"status ${PIPESTATUS[0]}\" >&2")
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout == "1\n"
+    assert "status 0" in done.stderr and "Traceback" not in done.stderr and "10 done" in done.stderr
