@@ -109,8 +109,9 @@ def main() -> None:
     for other in ("GNU parallel", "xargs -P"):
         if other in rates:
             ratios = [a / b for a, b in zip(times[other], times["taylor"])]  # round by round
-            print(f"  taylor / {other}: {rates['taylor'] / rates[other]:.2f}x (rounds: "
-                  f"{', '.join(f'{r:.2f}x' for r in ratios)})")
+            print(f"  taylor / {other}: {statistics.median(ratios):.2f}x, median of the rounds "
+                  f"({', '.join(f'{r:.2f}x' for r in ratios)}); of the median rates: "
+                  f"{rates['taylor'] / rates[other]:.2f}x")
 
 
 if __name__ == "__main__":
