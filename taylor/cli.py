@@ -349,7 +349,7 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
         try:
             if not user_rows:
                 pass  # nothing to fill: an empty input is a warning, not an error
-            elif positional and not template_keys(template) and "{#}" not in template and "{%}" not in template:
+            elif positional and not template_keys(template) and not _fields(template) & {"#", "%"}:
                 template += " {}"  # GNU parallel appends the values to a command that names none
             if user_rows:
                 template = expand_braces(template, [k for k in user_rows[0] if k not in inputs_only])
@@ -363,7 +363,7 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
     scheduler = make_scheduler(scheduler_kind, max_threads, max_memory, memory_per_task, bind, measured_memory)
 
     width = max(4, len(str(len(user_rows))))
-    numbered = template is not None and "{#}" in template
+    numbered = template is not None and "#" in _fields(template)
     tasks: List[Dict[str, Any]] = []
     for index, row in enumerate(user_rows, 1):
         task = dict(row)
@@ -431,6 +431,13 @@ def _window(halt: Any, kind: Optional[str], max_threads: Optional[int]) -> Optio
     from .schedulers.host import usable_cpus
 
     return max_threads or usable_cpus()
+
+
+def _fields(template: str) -> set:
+    """The placeholder fields of a (well-formed) template: ``{#:03d}`` is ``#``."""
+    import string
+
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
 
 
 def _tag_text(value: Any) -> str:
@@ -769,6 +776,10 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 item["name"] = tracker.resolve(str(item["name"]))[0]
         if queue:  # never given to the boss (a halt came first)
             report["pending"] = list(report.get("pending") or ()) + [dict(t) for t in reversed(queue)]
+        for item in [e.get("instructions") for e in tracker.final] + list(report.get("pending") or ()):
+            if isinstance(item, dict):  # taylor's own plumbing, not the user's instructions
+                for key in ("outdir", "live"):
+                    item.pop(key, None)
     if skipped:
         report["skipped_as_done"] = skipped
     if error is not None and "error" not in report:
@@ -780,8 +791,9 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         return 128 + int(interrupted)
     if isinstance(error, BossDiedError):
         return EXIT_FAILED
-    if tracker.halting is not None and tracker.halting.why != "fail" and error is None:
-        return EXIT_OK  # halted on success, as asked (GNU parallel too exits 0 then)
+    if tracker.halting is not None and error is None and (
+            tracker.halting.why == "success" or (tracker.halting.why == "done" and not tracker.failed)):
+        return EXIT_OK  # halted as asked, on success (GNU parallel too exits 0 then)
     counts = {e["status"] for e in report.workers}
     complete = counts <= {"done"} and not report.get("pending") and len(report.workers) == len(tasks)
     return EXIT_OK if complete and error is None else EXIT_FAILED
