@@ -54,11 +54,11 @@ def test_command_output_is_shown_grouped_stdout_and_stderr_apart(tmp_path):
 
 
 def test_keep_order_prints_in_input_order(tmp_path):
-    args = ("-j", "3", "sleep {}; echo {}", ":::", "0.6", "0.1", "0.3")
+    args = ("-j", "3", "sleep {}; echo {}", ":::", "1.2", "0.1", "0.6")
     unordered = taylor("run", *args, cwd=tmp_path)
     ordered = taylor("run", "-k", *args, cwd=tmp_path)
-    assert unordered.stdout.split() == ["0.1", "0.3", "0.6"]
-    assert ordered.stdout.split() == ["0.6", "0.1", "0.3"]
+    assert unordered.stdout.split() == ["0.1", "0.6", "1.2"]
+    assert ordered.stdout.split() == ["1.2", "0.1", "0.6"]
 
 
 def test_keep_order_goes_past_tasks_that_never_ran(tmp_path):
