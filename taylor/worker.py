@@ -295,9 +295,9 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
 def _redirect_output(attributes: Mapping[str, Any]) -> None:
     """Under ``taylor run``, the task's stdout and stderr go to ``$TAYLOR_OUTPUT_DIR/<name>.out`` and ``.err``,
     for the command line to print each task's output whole (or keep it in ``--logdir``)."""
-    folder = os.environ.get("TAYLOR_OUTPUT_DIR")
-    if not folder:
+    if "TAYLOR_OUTPUT_DIR" not in os.environ:  # the library's case: one dict lookup
         return
+    folder = os.environ.pop("TAYLOR_OUTPUT_DIR")  # not for the workers of a batch this task runs itself
     safe = str(attributes.get("name")).replace(os.sep, "_")
     for fd, ext in ((1, ".out"), (2, ".err")):
         try:
