@@ -182,7 +182,9 @@ shell-quoted (a value can never inject shell code). GNU parallel's
 replacement strings work: {} (all the values), {1} {2} (::: groups), {.}
 (no extension), {/} (basename), {//} (dirname), {/.}, {#} (task number),
 {%} (slot, 1 to -j), and the same modifiers on keys ({file/.}). A COMMAND
-without any {...} gets " {}" appended. Tasks are named task-0001... ({name}).
+without any {...} gets " {}" appended. Options come before COMMAND: what
+follows it is the command and its input. Tasks are named task-0001...
+({name}); {{ and }} are literal braces.
 
 \b
 Each task's stdout goes to taylor's stdout and its stderr to stderr, a
