@@ -602,7 +602,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     import tempfile
 
     from .boss import Boss
-    from .errors import BossDiedError, Interrupted, TaylorError
+    from .errors import BossDiedError, Interrupted, TaylorError, WorkerError
     from .journal import Journal
     from .output import OutputPrinter, take_output
     from .report import Report
@@ -628,13 +628,16 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
     worker_dir = (private or logdir) if not output["command"] and tasks else None
     printer = OutputPrinter(mode, private, output["order"], output["tags"], output["keep_order"],
                             logdir if mode == "line" or worker_dir else None, clear=bar.clear)
+    # A task the boss terminates on --timeout sends no report: with named files (not the default: they
+    # cost a little per task), what it printed before is still there to be shown.
+    killable = output["command"] and mode == "group" and timeout is not None
     if output["command"]:
         for task in tasks:
             if private:
                 task["outdir"] = private
-            if mode == "line":
+            if mode == "line" or killable:
                 task["live"] = True
-            elif logdir:
+            if logdir and mode != "line":
                 task["logdir"] = logdir
     abort_in_boss = retries == 0 and halt is not None and halt == ("now", "fail", 1, None)
     stopping = False
@@ -654,6 +657,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         pieces = take_output(entry.get("report"))
         if worker_dir and mode != "line":
             pieces = _worker_output(worker_dir, worker)
+        elif killable and not pieces and isinstance(entry.get("report"), WorkerError):
+            pieces = _worker_output(logdir or private, worker)
         again = tracker.retry(name, attempt, entry["status"])
         entry["name"] = name
         entry["attempts"] = attempt

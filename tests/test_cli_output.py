@@ -198,3 +198,9 @@ def test_a_reader_that_goes_away_stops_the_printing_not_the_run(tmp_path):
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout == "1\n"
     assert "status 0" in done.stderr and "Traceback" not in done.stderr and "10 done" in done.stderr
+
+
+def test_a_timed_out_task_still_shows_what_it_printed(tmp_path):
+    result = taylor("run", "--timeout", "0.5", "--keep-going", "echo before {}; sleep 5", ":::", "a", cwd=tmp_path)
+    assert result.returncode == 1 and "timeout" in result.stderr
+    assert result.stdout == "before a\n"
