@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from test_cli import start_taylor, taylor
+from test_cli import ROOT, start_taylor, taylor
 
 
 def _records(path: Path):
@@ -51,7 +54,10 @@ def test_status_of_a_running_then_finished_batch(tmp_path):
 
 
 def test_status_shows_tasks_left_unfinished_by_a_killed_run(tmp_path):
-    proc = start_taylor("run", "--journal", "j.jsonl", "sleep {}", ":::", "30", cwd=tmp_path)
+    # TMPDIR here: a SIGKILLed run cannot remove its output folder.
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "taylor", "run", "--journal", "j.jsonl", "sleep {}", ":::", "30"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert _wait_for(lambda: any(r.get("event") == "start" for r in _records(tmp_path / "j.jsonl")), 20)
     finally:
