@@ -1,19 +1,23 @@
 """taylor's command line against GNU parallel and xargs -P: many trivial commands, a few at a time.
 
-Runs ``--tasks`` commands (``true`` by default) ``--jobs`` at a time with
-each tool, tools alternating round after round so that a busy machine slows
-them alike, and prints each tool's median rate and the ratios.  Every tool
-is timed from its own start to its end (interpreter start-up included), and
-runs each command through /bin/sh or an exec, as it normally would:
+Runs ``--tasks`` commands (``echo N`` by default: each prints its number)
+``--jobs`` at a time with each tool, tools alternating round after round so
+that a busy machine slows them alike, and prints each tool's median rate,
+its range and the ratios.  Every tool reads the numbers on its stdin, runs
+the command with the number appended, as GNU parallel does, and is timed
+from its own start to its end (interpreter start-up included).  The output
+is shown: each tool prints every task's output on its stdout (read here
+through a pipe, and checked to hold one line per task):
 
-* taylor:       taylor run --command true -i n=1,...,N -j 2 --no-progress
-* GNU parallel: seq N | parallel --will-cite -j 2 true
-* xargs:        seq N | xargs -P 2 -n 1 true
+* taylor:       seq N | taylor run -j 2 --no-progress echo
+* GNU parallel: seq N | parallel --will-cite -j 2 echo
+* xargs:        seq N | xargs -P 2 -n 1 echo
 
-Target (issue 5): taylor at least 1.5x GNU parallel.
+Target (issue 13): taylor at least 2.5x GNU parallel, output shown.
 
     python benchmarks/cli_vs_parallel.py                 # 1000 tasks, 2 at a time, 3 rounds
-    python benchmarks/cli_vs_parallel.py --tasks 200 --rounds 1 --command 'sleep 0.01'
+    python benchmarks/cli_vs_parallel.py --tasks 200 --rounds 1 --command 'sleep 0.01; echo'
+    python benchmarks/cli_vs_parallel.py --command true  # no output at all
 """
 
 from __future__ import annotations
@@ -36,15 +40,17 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(argv, stdin_text=None, env=None) -> tuple:
-    """(wall seconds, CPU seconds of the tool and everything it started)."""
+def timed(argv, stdin_text, lines: int, env=None) -> tuple:
+    """(wall seconds, CPU seconds of the tool and everything it started); the tool must print ``lines`` lines
+    (``lines`` < 0: no check)."""
     cpu = _children_cpu()
     start = time.perf_counter()
-    done = subprocess.run(argv, input=stdin_text, text=True, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+    done = subprocess.run(argv, input=stdin_text, text=True, env=env, capture_output=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{argv[0]} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+    if lines >= 0 and done.stdout.count("\n") != lines:
+        raise SystemExit(f"{argv[0]} printed {done.stdout.count(chr(10))} lines, not {lines}")
     return elapsed, _children_cpu() - cpu
 
 
@@ -53,20 +59,29 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000, help="commands per run (default 1000)")
     parser.add_argument("--jobs", type=int, default=2, help="commands at once (default 2)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each tool, alternating (default 3)")
-    parser.add_argument("--command", default="true", help="the command each task runs (default: true)")
+    parser.add_argument("--command", default="echo",
+                        help="the command each task runs, its number appended (default: echo, one line per task)")
+    parser.add_argument("--quiet-too", action="store_true",
+                        help="also time taylor run --quiet (no output shown), to see what showing it costs")
     args = parser.parse_args()
 
-    numbers = [str(i) for i in range(1, args.tasks + 1)]
-    lines = "\n".join(numbers) + "\n"
+    lines = "".join(f"{i}\n" for i in range(1, args.tasks + 1))
+    expect = args.tasks if args.command.split()[-1] == "echo" else -1
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     tools = {
-        "taylor": lambda: timed([sys.executable, "-m", "taylor", "run", "--command", args.command, "-i",
-                                 "n=" + ",".join(numbers), "-j", str(args.jobs), "--no-progress"], env=env),
-        "xargs -P": lambda: timed(["xargs", "-P", str(args.jobs), "-n", "1", *args.command.split()], lines),
+        "taylor": lambda: timed([sys.executable, "-m", "taylor", "run", "-j", str(args.jobs), "--no-progress",
+                                 args.command], lines, expect, env=env),
+        "xargs -P": lambda: timed(["sh", "-c", f"xargs -P {args.jobs} -n 1 sh -c '{args.command} \"$0\"'"],
+                                  lines, expect) if ";" in args.command else
+        timed(["xargs", "-P", str(args.jobs), "-n", "1", *args.command.split()], lines, expect),
     }
+    if args.quiet_too:
+        tools["taylor -q"] = lambda: timed([sys.executable, "-m", "taylor", "run", "-q", "-j", str(args.jobs),
+                                            "--no-progress", args.command], lines, -1, env=env)
     parallel = shutil.which("parallel")
     if parallel:
-        tools["GNU parallel"] = lambda: timed([parallel, "--will-cite", "-j", str(args.jobs), args.command], lines)
+        tools["GNU parallel"] = lambda: timed([parallel, "--will-cite", "-j", str(args.jobs), args.command], lines,
+                                              expect)
     else:
         print("GNU parallel is not installed, so it is left out. Install it to compare:\n"
               "    apt-get install parallel      (Debian, Ubuntu)\n"
@@ -84,14 +99,19 @@ def main() -> None:
               flush=True)
 
     rates = {name: args.tasks / statistics.median(t) for name, t in times.items()}
-    print(f"\n{args.tasks} x {args.command!r}, {args.jobs} at a time, median of {args.rounds} "
+    print(f"\n{args.tasks} x {args.command!r} N, output shown, {args.jobs} at a time, median of {args.rounds} "
           f"(on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}):")
     for name, rate in rates.items():
         cpu_ms = statistics.median(cpus[name]) / args.tasks * 1000
-        print(f"  {name:<13} {rate:8.1f} tasks/s   {cpu_ms:5.2f} ms of CPU per task (all its processes)")
+        low, high = args.tasks / max(times[name]), args.tasks / min(times[name])
+        print(f"  {name:<13} {rate:8.1f} tasks/s (range {low:.1f} to {high:.1f})   {cpu_ms:5.2f} ms of CPU per task "
+              "(all its processes)")
     for other in ("GNU parallel", "xargs -P"):
         if other in rates:
-            print(f"  taylor / {other}: {rates['taylor'] / rates[other]:.2f}x")
+            ratios = [a / b for a, b in zip(times[other], times["taylor"])]  # round by round
+            print(f"  taylor / {other}: {statistics.median(ratios):.2f}x, median of the rounds "
+                  f"({', '.join(f'{r:.2f}x' for r in ratios)}); of the median rates: "
+                  f"{rates['taylor'] / rates[other]:.2f}x")
 
 
 if __name__ == "__main__":

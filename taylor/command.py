@@ -16,30 +16,58 @@ carrying the same figures.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import string
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .errors import InstructionsError, WorkerError, describe_exit
 from .launcher import spawn
 from .worker import DirectSpec, Worker
 
-__all__ = ["CommandWorker", "CommandFailed", "template_keys", "render", "check_template"]
+__all__ = ["CommandWorker", "CommandFailed", "template_keys", "expand_braces", "render", "check_template", "as_text"]
 
 #: Bytes read from the end of each output stream for the report's tails.
 TAIL_BYTES = 4096
+
+#: Outputs up to this size go back to the caller in the report itself (``outdir``); larger ones as a file.
+INLINE_BYTES = 1 << 16
 
 # Find the temporary directory once, here, rather than in every worker process
 # (finding it writes a probe file).
 _TMPDIR = tempfile.gettempdir()
 
 
+#: GNU parallel's replacement-string modifiers, longest first: {x/.} {x//} {x/} {x.}.
+MODIFIERS = ("/.", "//", "/", ".")
+#: Instruction key ``taylor run`` sets to the task's number, for ``{#}``.
+SEQ_KEY = "taylor_seq"
+
+
+def _split_field(field: str) -> tuple:
+    """``(key, modifier)`` of a placeholder: ``file/.`` is ``('file', '/.')``, ``.`` is ``('', '.')``."""
+    for modifier in MODIFIERS:
+        if field.endswith(modifier):
+            return field[:-len(modifier)], modifier
+    return field, ""
+
+
+def _valid_key(key: str) -> bool:
+    return key.isidentifier() or key.isdigit()
+
+
 def template_keys(template: str) -> List[str]:
-    """The instruction keys a template's ``{key}`` placeholders name, in order (``{{`` is a brace)."""
+    """The instruction keys a template's placeholders name, in order (``{{`` is a brace).
+
+    ``{file}``, ``{file.}``, ``{file/}``, ``{file//}``, ``{file/.}`` all name
+    ``file``; ``{1}`` names ``1`` (the first ``:::`` group); ``{#}`` and ``{%}``
+    name no key; ``{}`` (and ``{.}``...) are rewritten by :func:`expand_braces`
+    before, and are kept as ``''`` here.
+    """
     keys = []
     try:
         fields = list(string.Formatter().parse(template))
@@ -47,32 +75,125 @@ def template_keys(template: str) -> List[str]:
         raise InstructionsError(f"the command template {template!r} is malformed: {exc} "
                                 "(write {{ and }} for literal braces)") from None
     for _, field, _, _ in fields:
+        if field is None or field in ("#", "%"):
+            continue
+        key, _ = _split_field(field)
+        if key and not _valid_key(key):
+            raise InstructionsError(f"placeholder {{{field}}} in the command template {template!r} must be a "
+                                    "plain instruction key such as {file}, optionally with a modifier "
+                                    "({file.} {file/} {file//} {file/.}); write {{ and }} for literal braces")
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def expand_braces(template: str, keys: Sequence[str]) -> str:
+    """``template`` with ``{}`` (and ``{.}``, ``{/}``, ``{//}``, ``{/.}``) turned into the named ``keys``.
+
+    As in GNU parallel, ``{}`` is the whole input: with several values, each
+    one (quoted apart) separated by a space.  Literal text and other fields
+    are kept as written.
+    """
+    if "{" not in template:
+        return template
+    template_keys(template)  # a malformed template is said plainly
+    out = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
         if field is None:
             continue
-        if not field.isidentifier():
-            raise InstructionsError(f"placeholder {{{field}}} in the command template {template!r} must be a "
-                                    "plain instruction key such as {file} (write {{ and }} for literal braces)")
-        if field not in keys:
-            keys.append(field)
-    return keys
+        key, modifier = _split_field(field)
+        tail = (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+        if key or field in ("#", "%"):
+            out.append("{" + field + tail + "}")
+        elif not keys:
+            raise InstructionsError(f"{{{field}}} in the command template {template!r} needs input values")
+        else:
+            out.append(" ".join("{" + k + modifier + tail + "}" for k in keys))
+    return "".join(out)
 
 
 def check_template(template: str, rows: Iterable[Mapping[str, Any]]) -> None:
     """Raise :class:`InstructionsError` if a placeholder names a key some instruction set lacks."""
     keys = template_keys(template)
+    if "" in keys:
+        raise InstructionsError(f"{{}} in the command template {template!r} needs input values (give ::: VALUES, "
+                                "-i KEY=... or --from FILE)")
     for index, row in enumerate(rows):
         missing = [k for k in keys if k not in row and k != "name"]
         if missing:
             have = ", ".join(sorted(k for k in row if k != "command")) or "none"
             raise InstructionsError(f"unknown key {{{missing[0]}}} in the command template: instruction set "
-                                    f"#{index + 1} has keys {have}")
+                                    f"#{index + 1} has keys {have} (write {{{{ and }}}} for literal braces)")
+
+
+def _modify(text: str, modifier: str) -> str:
+    """GNU parallel's modifiers: ``.`` drops the extension, ``/`` keeps the basename, ``//`` the dirname."""
+    if not modifier:
+        return text
+    if modifier == "//":
+        head = os.path.dirname(text)
+        return head if head else "."
+    if modifier in ("/", "/."):
+        text = os.path.basename(text)
+    if modifier in (".", "/."):
+        head, tail = os.path.split(text)
+        stem, ext = os.path.splitext(tail)
+        if ext and stem:
+            text = os.path.join(head, stem) if head else stem
+    return text
+
+
+def as_text(value: Any) -> str:
+    """A value as the command sees it: text as written; JSON values as JSON text (``true``, ``null``, ``2.5``)."""
+    if isinstance(value, str):
+        return value
+    return _json_text(value)
+
+
+def _json_text(value: Any) -> str:
+    from .sources import Written
+
+    if isinstance(value, Written):  # a number as written in the file
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + _json_text(v)
+                              for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_json_text(v) for v in value) + "]"
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _numeric(value: Any) -> Any:
+    """A text value as a number, for a numeric format spec such as ``{n:03d}``; unchanged if it is none."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _word(value: Any, spec: str, modifier: str) -> str:
+    if spec:
+        text = format(_numeric(value), spec)
+    else:
+        text = as_text(value)
+    return shlex.quote(_modify(text, modifier))
 
 
 def render(template: str, values: Mapping[str, Any]) -> str:
     """The shell command for ``values``: each ``{key}`` becomes the shell-quoted value.
 
-    A format spec applies before quoting (``{n:03d}``); lists and tuples become
-    several quoted words.
+    Values are the text as written (JSON ones as JSON text); a format spec
+    applies before quoting (``{n:03d}`` reads text as a number); lists and
+    tuples become several quoted words.  GNU parallel's modifiers work on any
+    key (``{file/.}``), ``{#}`` is the task number and ``{%}`` its slot (1 to -j).
     """
     if "{" not in template and "}" not in template:
         return template
@@ -81,30 +202,66 @@ def render(template: str, values: Mapping[str, Any]) -> str:
         out.append(literal)
         if field is None:
             continue
-        if field not in values:
-            raise InstructionsError(f"unknown key {{{field}}} in the command template {template!r}; "
-                                    f"the instructions have keys {', '.join(sorted(values))}")
-        value = values[field]
+        if field == "%":
+            ticket = values.get("scheduler_ticket")
+            out.append(str(1 if ticket is None else int(ticket) + 1))
+            continue
+        key, modifier = (SEQ_KEY, "") if field == "#" else _split_field(field)
+        if key not in values:
+            if key == SEQ_KEY:
+                raise InstructionsError(f"{{#}} in the command template {template!r} needs the task number "
+                                        f"(instruction {SEQ_KEY!r}, which taylor run sets)")
+            raise InstructionsError(f"unknown key {{{key}}} in the command template {template!r}; "
+                                    f"the instructions have keys {', '.join(sorted(map(str, values)))}")
+        value = values[key]
         if conversion == "r":
             value = repr(value)
         elif conversion == "s":
             value = str(value)
         if isinstance(value, (list, tuple)):
-            out.append(" ".join(shlex.quote(format(v, spec or "")) for v in value))
+            out.append(" ".join(_word(v, spec, modifier) for v in value))
         else:
-            out.append(shlex.quote(format(value, spec or "")))
+            out.append(_word(value, spec, modifier))
     return "".join(out)
 
 
-def _tail(fd: int, lines: int) -> str:
-    """The last ``lines`` lines of what was written to ``fd`` (at most TAIL_BYTES of it)."""
-    if lines <= 0:
+def _tail(fd: int, lines: int, size: int, data: Optional[bytes] = None) -> str:
+    """The last ``lines`` lines of what was written to ``fd`` (at most TAIL_BYTES of it, from ``data`` if read)."""
+    if lines <= 0 or not size:
         return ""
-    size = os.fstat(fd).st_size
-    if not size:
-        return ""
-    text = os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES)).decode(errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    if data is not None:
+        chunk = data[-TAIL_BYTES:]
+    else:
+        chunk = os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES))
+    return "\n".join(chunk.decode(errors="replace").splitlines()[-lines:])
+
+
+def _hand_over(fd: int, size: int, path: Optional[str], outdir: str, name: str) -> tuple:
+    """How the caller gets a stream's whole output: ``(bytes, None)`` when small, else ``(None, path)``.
+
+    A large output stays on disk: its named file if it has one, else the
+    anonymous file linked into ``outdir`` (copied where linking is refused),
+    for the caller to stream and delete.
+    """
+    if size <= INLINE_BYTES:
+        return os.pread(fd, size, 0), None
+    if path:
+        return None, path
+    target = os.path.join(outdir, name)
+    try:
+        os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+    except OSError:
+        copy = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(copy, fd, offset, size - offset)
+                if not sent:
+                    break
+                offset += sent
+        finally:
+            os.close(copy)
+    return None, target
 
 
 def _scratch_fd() -> int:
@@ -208,6 +365,18 @@ class CommandWorker(Worker):
                 optional=True,
                 default=10,
             ),
+            outdir=dict(
+                info="Hand the whole output to the caller: small outputs in the report (stdout_data, "
+                     "stderr_data: bytes), larger ones as files in this directory (stdout_file, stderr_file).",
+                optional=True,
+                default=None,
+            ),
+            live=dict(
+                info="With outdir: write the output to outdir/<name>.out and .err as it comes (line streaming).",
+                type=bool,
+                optional=True,
+                default=False,
+            ),
         ),
     )
 
@@ -219,11 +388,12 @@ class CommandWorker(Worker):
         return values
 
     def _open_logs(self) -> tuple:
-        if not self.logdir:
+        folder = self.logdir or (self.outdir if self.live else None)
+        if not folder:
             return _scratch_fd(), _scratch_fd(), None, None
-        os.makedirs(self.logdir, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         safe = str(self.name).replace(os.sep, "_")
-        paths = os.path.join(self.logdir, safe + ".out"), os.path.join(self.logdir, safe + ".err")
+        paths = os.path.join(folder, safe + ".out"), os.path.join(folder, safe + ".err")
         flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         out = os.open(paths[0], flags, 0o644)
         try:
@@ -254,11 +424,33 @@ class CommandWorker(Worker):
 
     def _result(self, command: str, code: int, duration: float, out: int, err: int,
                 out_path: Optional[str], err_path: Optional[str]) -> Dict[str, Any]:
-        """The report of a command that ended with ``code``; raises CommandFailed unless it is 0."""
-        result = dict(command=command, exit_code=code, duration=duration,
-                      stdout_tail=_tail(out, self.tail), stderr_tail=_tail(err, self.tail))
-        if out_path:
-            result.update(stdout_log=out_path, stderr_log=err_path)
+        """The report of a command that ended with ``code``; raises CommandFailed unless it is 0.
+
+        With ``logdir``, an empty log is removed (its key left out); with
+        ``outdir``, the report also carries the whole output (see :func:`_hand_over`).
+        """
+        result = dict(command=command, exit_code=code, duration=duration)
+        outdir, live = self.outdir, self.live
+        for stream, fd, path in (("stdout", out, out_path), ("stderr", err, err_path)):
+            size = os.fstat(fd).st_size
+            data = handed = None
+            if outdir and size:
+                if live:
+                    handed = path
+                else:
+                    data, handed = _hand_over(fd, size, path, outdir, f"{self.name}.{stream}".replace(os.sep, "_"))
+            result[stream + "_tail"] = _tail(fd, self.tail, size, data)
+            if data is not None:
+                result[stream + "_data"] = data
+            if handed is not None:
+                result[stream + "_file"] = handed
+            if path and self.logdir:
+                if size:
+                    result[stream + "_log"] = path
+                else:
+                    os.unlink(path)
+            elif path and not size:  # a live file with nothing in it: nothing to hand over
+                os.unlink(path)
         if code != 0:
             last = result["stderr_tail"].splitlines()[-1:] or result["stdout_tail"].splitlines()[-1:]
             said = f"; it last said: {last[0][:200]}" if last else ""

@@ -1,5 +1,11 @@
 """The run journal: one JSON line per finished instruction set, written as it finishes.
 
+Besides those end records (``status`` done, failed or stopped; ``attempt``
+says which try it was, ``retried`` that another try follows), the journal
+holds a ``{"event": "run"}`` line when a run starts (its total and process)
+and ``{"event": "start"}`` lines as tasks are seen running, so that
+``taylor status`` can show a batch from another shell.
+
 A batch job may be killed at any moment; each line is written and flushed
 when its worker ends, so the journal holds everything that finished.  With
 ``--resume`` the instruction sets whose line says ``done`` are skipped: an
@@ -12,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Dict, Mapping, Optional, Set, TextIO, Tuple
 
 from .report import to_jsonable
 
-__all__ = ["row_key", "Journal", "JournalError", "read_done", "error_details"]
+__all__ = ["row_key", "Journal", "JournalError", "read_done", "read_attempts", "read_records", "error_details"]
 
 
 def row_key(row: Mapping[str, Any]) -> str:
@@ -65,6 +72,42 @@ def read_done(path: str) -> Tuple[Set[str], int]:
     return done, bad
 
 
+def read_records(path: str) -> Tuple[list, int]:
+    """Every readable record of the journal at ``path`` (in order) and how many lines were unreadable
+    (a last line still being written is not counted)."""
+    records = []
+    bad = 0
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if line.endswith("\n"):  # not the line being written now
+                    bad += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                bad += 1
+    return records, bad
+
+
+def read_attempts(path: str) -> Dict[str, int]:
+    """How many times the journal at ``path`` records each instruction set as tried (by :func:`row_key`)."""
+    attempts: Dict[str, int] = {}
+    try:
+        records, _ = read_records(path)
+    except FileNotFoundError:
+        return attempts
+    for record in records:
+        if record.get("status") and isinstance(record.get("instructions"), dict):
+            key = row_key(record["instructions"])
+            attempts[key] = max(attempts.get(key, 0) + 1, int(record.get("attempt") or 0))
+    return attempts
+
+
 def error_details(error: BaseException) -> Dict[str, Any]:
     """What an exception carries besides its message (a failed command's exit code, output tails...)."""
     skip = ("report", "instructions", "traceback", "worker", "pid")
@@ -83,8 +126,23 @@ class Journal:
                 if check.read(1) != b"\n":
                     self._stream.write("\n")
 
-    def write(self, entry: Mapping[str, Any], instructions: Mapping[str, Any]) -> None:
-        """Record ``entry`` (a worker's report entry) for the user's ``instructions``."""
+    def _line(self, record: Mapping[str, Any]) -> None:
+        assert self._stream is not None
+        self._stream.write(json.dumps(to_jsonable(record), separators=(",", ":")) + "\n")
+        self._stream.flush()
+
+    def begin(self, total: int, command: Optional[str] = None) -> None:
+        """Record that a run of ``total`` tasks starts (its process and time, for ``taylor status``)."""
+        self._line({"event": "run", "total": total, "pid": os.getpid(), "time": time.time(), "command": command})
+
+    def started(self, name: str, attempt: int = 1) -> None:
+        """Record that task ``name`` was seen running."""
+        self._line({"event": "start", "name": name, "attempt": attempt, "time": time.time()})
+
+    def write(self, entry: Mapping[str, Any], instructions: Mapping[str, Any], attempt: Optional[int] = None,
+              retried: bool = False) -> None:
+        """Record ``entry`` (a worker's report entry) for the user's ``instructions``; ``attempt`` is which try
+        it was, ``retried`` that another try follows."""
         record: Dict[str, Any] = {
             "name": entry.get("name"),
             "status": entry.get("status"),
@@ -105,9 +163,11 @@ class Journal:
                 record["report"] = extra
         else:
             record["report"] = report
-        assert self._stream is not None
-        self._stream.write(json.dumps(to_jsonable(record), separators=(",", ":")) + "\n")
-        self._stream.flush()
+        if attempt is not None:
+            record["attempt"] = attempt
+        if retried:
+            record["retried"] = True
+        self._line(record)
 
     def close(self) -> None:
         if self._stream is not None:

@@ -1,4 +1,10 @@
-"""The progress line of ``taylor run``: done/failed/running counts, elapsed time and ETA on stderr."""
+"""The progress line of ``taylor run``: done/failed/running counts, elapsed time and ETA on stderr.
+
+On a terminal it is one line redrawn in place, taken away before any task
+output is printed (:meth:`Progress.clear`) so that the two never mix; on a
+file or pipe it is a plain status line now and then (every
+``plain_interval`` seconds, and at the end), without carriage returns.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +19,13 @@ class Progress:
     """A one-line progress display on stderr: done/failed/running counts and an ETA."""
 
     interval = 0.5  # seconds between refreshes when nothing finishes
+    plain_interval = 10.0  # seconds between status lines when stderr is no terminal
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, terminal: Optional[bool] = None) -> None:
         self.total = total
         self.enabled = enabled
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self._shown = False  # the terminal line is on screen
         self.start = time.monotonic()
         self.done = self.failed = self.stopped = 0
         self.running: Optional[int] = None
@@ -37,9 +46,17 @@ class Progress:
         if self.running:
             self.running -= 1
 
+    def clear(self) -> None:
+        """Take the terminal line away (before task output is printed; the next draw puts it back)."""
+        if self._shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._shown = False
+
     def draw(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or (not force and now - self._drawn < 0.1):
+        pause = 0.1 if self.terminal else self.plain_interval
+        if not self.enabled or (not force and now - self._drawn < pause):
             return
         self._drawn = now
         elapsed = now - self.start
@@ -52,15 +69,21 @@ class Progress:
         elif self.finished >= self.total:
             eta = "0:00"
         running = "?" if self.running is None else self.running
-        line = (f"[{bar}] {self.finished}/{self.total}  done {self.done}  failed {self.failed}  "
+        line = (f"{self.finished}/{self.total}  done {self.done}  failed {self.failed}  "
                 f"running {running}  elapsed {_clock(elapsed)}  ETA {eta}")
-        sys.stderr.write("\r" + line + "\x1b[K")
+        if self.terminal:
+            sys.stderr.write(f"\r[{bar}] {line}\x1b[K")
+            self._shown = True
+        else:
+            sys.stderr.write(f"taylor: progress {line}\n")
         sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled:
             self.draw(force=True)
-            sys.stderr.write("\n")
+            if self.terminal:
+                sys.stderr.write("\n")
+                self._shown = False
             sys.stderr.flush()
 
 

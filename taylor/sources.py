@@ -1,9 +1,11 @@
 """Instruction sets from the command line: KEY=VALUE options and instruction files.
 
 Everything ends as a list of rows (one dict per worker).  Values given as
-text (options, CSV cells) are read as JSON scalars when they parse as one
-(``3`` is an int, ``true`` a bool, ``"a b"`` a string) and kept as strings
-otherwise, so ``file=data.txt`` needs no quoting.
+text (``-c``, ``-i``, CSV cells, lines) stay the text as written: ``1.10``
+is not ``1.1``, ``true`` is not ``True``; a Worker class converts them by
+its footprint's declared types.  JSON and YAML keep their types, except that
+with ``as_written`` numbers keep their text (``1.10``) so that a command
+sees them as written.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InstructionsError
 
-__all__ = ["scalar", "parse_common", "parse_individual", "read_rows", "build_rows"]
+__all__ = ["Written", "scalar", "parse_common", "parse_individual", "read_rows", "read_lines", "build_rows", "FORMATS"]
+
+#: Formats of instruction files; "lines" is one value per line, under key "1".
+FORMATS = ("json", "yaml", "jsonl", "csv", "lines")
 
 Row = Dict[str, Any]
 
 
 def scalar(text: str) -> Any:
-    """``text`` as a JSON scalar if it is one, else the text itself."""
+    """``text`` as a JSON scalar if it is one, else the text itself (kept for library users; the command
+    line passes text as written)."""
     try:
         value = json.loads(text)
     except ValueError:
@@ -44,7 +50,7 @@ def parse_common(items: Sequence[str]) -> Row:
     common: Row = {}
     for item in items:
         key, value = _split("-c/--common", item)
-        common[key] = scalar(value)
+        common[key] = value
     return common
 
 
@@ -55,7 +61,7 @@ def parse_individual(items: Sequence[str]) -> Dict[str, List[Any]]:
         key, value = _split("-i/--individual", item)
         if key in individual:
             raise InstructionsError(f"-i/--individual gives key {key!r} twice; give all its values at once")
-        individual[key] = [scalar(v) for v in value.split(",")] if value else []
+        individual[key] = value.split(",") if value else []
     return individual
 
 
@@ -89,13 +95,26 @@ def _from_document(doc: Any, path: str) -> List[Row]:
                             f"and 'individual', got a {type(doc).__name__}")
 
 
-def _json_lines(text: str, path: str) -> List[Row]:
+class Written(str):
+    """A JSON or YAML number kept as the text it was written as (``1.10``), shown as such in JSON text."""
+
+    __slots__ = ()
+
+
+def _loads(text: str, as_written: bool) -> Any:
+    """JSON; with ``as_written``, numbers stay the text they were written as (``1.10``, ``1e3``)."""
+    if as_written:
+        return json.loads(text, parse_int=Written, parse_float=Written, parse_constant=Written)
+    return json.loads(text)
+
+
+def _json_lines(text: str, path: str, as_written: bool = False) -> List[Row]:
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _loads(line, as_written)
         except ValueError as exc:
             raise InstructionsError(f"{path}, line {number}: not JSON: {exc}") from None
         if not isinstance(row, dict):
@@ -112,58 +131,62 @@ def _csv(text: str, path: str) -> List[Row]:
     for number, record in enumerate(reader, 2):
         if None in record or None in record.values():
             raise InstructionsError(f"{path}, line {number}: not as many cells as header names")
-        rows.append({k.strip(): scalar(v) for k, v in record.items()})
+        rows.append({k.strip(): v for k, v in record.items()})
     return rows
 
 
-def _yaml(text: str, path: str) -> Any:
+def _yaml(text: str, path: str, as_written: bool = False) -> Any:
     try:
         import yaml  # optional: PyYAML is no dependency of taylor
     except ImportError:
         raise InstructionsError(f"{path} is YAML, and reading YAML needs PyYAML: pip install pyyaml") from None
+    loader = yaml.SafeLoader
+    if as_written:  # numbers as written; booleans and nulls keep their type (shown as JSON's true, null)
+        class AsWritten(yaml.SafeLoader):
+            pass
+        for tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            AsWritten.add_constructor(tag, lambda loader, node: Written(loader.construct_scalar(node)))
+        loader = AsWritten
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise InstructionsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
 
 
-def read_rows(path: str, fmt: Optional[str] = None) -> List[Row]:
+def read_lines(path: str, key: str = "1") -> List[Row]:
+    """One row per line of a file (``-`` is stdin), the line as written under ``key`` (GNU parallel's ``::::``)."""
+    text = _read_text(path)
+    return [{key: line} for line in text.split("\n")[:-1 if text.endswith("\n") else None]] if text else []
+
+
+def read_rows(path: str, fmt: Optional[str] = None, as_written: bool = False) -> List[Row]:
     """Instruction rows from a file (``-`` is stdin).
 
     The format is ``fmt`` if given, else the file's extension (``.json``,
-    ``.jsonl``/``.ndjson``, ``.yaml``/``.yml``, ``.csv``), else guessed from
-    the content (JSON, then JSON lines, then CSV).
+    ``.jsonl``/``.ndjson``, ``.yaml``/``.yml``, ``.csv``), else one value per
+    line (key ``1``), as GNU parallel reads its input.  ``as_written`` keeps
+    JSON and YAML numbers as the text written (for commands).
     """
-    text = _read_text(path)
-    if not text.strip():
-        return []
     if fmt is None:
         ext = os.path.splitext(path)[1].lower()
         fmt = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml",
-               ".csv": "csv"}.get(ext)
+               ".csv": "csv"}.get(ext, "lines")
+    if fmt == "lines":
+        return read_lines(path)
+    text = _read_text(path)
+    if not text.strip():
+        return []
     if fmt == "json":
         try:
-            return _from_document(json.loads(text), path)
+            return _from_document(_loads(text, as_written), path)
         except ValueError as exc:
             if isinstance(exc, InstructionsError):
                 raise
             raise InstructionsError(f"{path}: not valid JSON: {exc}") from None
     if fmt == "jsonl":
-        return _json_lines(text, path)
+        return _json_lines(text, path, as_written)
     if fmt == "yaml":
-        return _from_document(_yaml(text, path), path)
-    if fmt == "csv":
-        return _csv(text, path)
-    stripped = text.lstrip()
-    if stripped.startswith(("[", "{")):
-        try:
-            return _from_document(json.loads(text), path)
-        except InstructionsError:
-            raise
-        except ValueError:
-            if stripped.startswith("{"):
-                return _json_lines(text, path)
-            raise InstructionsError(f"{path}: looks like JSON but does not parse as JSON") from None
+        return _from_document(_yaml(text, path, as_written), path)
     return _csv(text, path)
 
 

@@ -269,6 +269,7 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
     ``atexit`` handlers and buffered files are not run twice.
     """
     try:
+        _redirect_output(attributes)
         outcome = _outcome(cls, attributes)
         try:
             # A task that returns None (one that writes its results itself) sends a message made
@@ -290,6 +291,22 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
         _flush_output()
         os._exit(70)
     os._exit(0)
+
+
+def _redirect_output(attributes: Mapping[str, Any]) -> None:
+    """Under ``taylor run``, the task's stdout and stderr go to ``$TAYLOR_OUTPUT_DIR/<name>.out`` and ``.err``,
+    for the command line to print each task's output whole (or keep it in ``--logdir``)."""
+    if "TAYLOR_OUTPUT_DIR" not in os.environ:  # the library's case: one dict lookup
+        return
+    folder = os.environ.pop("TAYLOR_OUTPUT_DIR")  # not for the workers of a batch this task runs itself
+    safe = str(attributes.get("name")).replace(os.sep, "_")
+    for fd, ext in ((1, ".out"), (2, ".err")):
+        try:
+            target = os.open(os.path.join(folder, safe + ext), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:  # the folder is gone: the output goes where it would have gone
+            continue
+        os.dup2(target, fd)
+        os.close(target)
 
 
 def _flush_output() -> None:

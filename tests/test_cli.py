@@ -34,7 +34,9 @@ def start_taylor(*args, cwd):
 
 
 def journal_lines(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The journal's end records (its run and start events left out)."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [record for record in records if "event" not in record]
 
 
 # --------------------------------------------------------------------- help
@@ -94,8 +96,9 @@ def test_option_that_does_not_apply_to_the_scheduler_is_a_usage_error():
 def test_instruction_sources(tmp_path):
     from taylor.sources import build_rows, parse_common, parse_individual, read_rows
 
+    # Text is passed as written (issue 13): a Worker class converts by its declared types.
     assert parse_common(["n=3", "x=2.5", "ok=true", "s=hello world", "q=\"7\""]) == \
-        {"n": 3, "x": 2.5, "ok": True, "s": "hello world", "q": "7"}
+        {"n": "3", "x": "2.5", "ok": "true", "s": "hello world", "q": '"7"'}
     assert parse_individual(["f=a.txt,b.txt"]) == {"f": ["a.txt", "b.txt"]}
     (tmp_path / "a.json").write_text(json.dumps([{"f": "a"}, {"f": "b", "n": 2}]))
     (tmp_path / "b.json").write_text(json.dumps({"common": {"m": 1}, "individual": {"f": ["x", "y"]}}))
@@ -105,7 +108,7 @@ def test_instruction_sources(tmp_path):
     assert read_rows(str(tmp_path / "a.json")) == [{"f": "a"}, {"f": "b", "n": 2}]
     assert read_rows(str(tmp_path / "b.json")) == [{"m": 1, "f": "x"}, {"m": 1, "f": "y"}]
     assert read_rows(str(tmp_path / "c.jsonl")) == [{"f": "a"}, {"f": "b"}]
-    assert read_rows(str(tmp_path / "d.csv")) == [{"f": "a", "n": 1}, {"f": "b", "n": 2}]
+    assert read_rows(str(tmp_path / "d.csv")) == [{"f": "a", "n": "1"}, {"f": "b", "n": "2"}]
     assert read_rows(str(tmp_path / "e.yaml")) == [{"m": 1, "f": "x"}, {"m": 1, "f": "y"}]
     rows = build_rows({"m": 0}, {"n": [1, 2]}, [{"f": "a"}, {"f": "b", "m": 5}])
     assert rows == [{"m": 0, "f": "a", "n": 1}, {"m": 5, "f": "b", "n": 2}]
@@ -113,7 +116,8 @@ def test_instruction_sources(tmp_path):
 
 def test_from_stdin_and_heterogeneous_rows(tmp_path):
     rows = [{"word": "one"}, {"word": "two", "extra": 1}, {"word": "three"}]
-    result = taylor("run", "--command", "echo {word} >> out.txt", "-j", "1", "--from", "-", "--no-progress",
+    result = taylor("run", "--command", "echo {word} >> out.txt", "-j", "1", "--from", "-", "--format", "json",
+                    "--no-progress",
                     cwd=tmp_path, input=json.dumps(rows))
     assert result.returncode == 0, result.stderr
     assert sorted((tmp_path / "out.txt").read_text().split()) == ["one", "three", "two"]
@@ -123,7 +127,7 @@ def test_from_stdin_and_heterogeneous_rows(tmp_path):
 def test_values_are_shell_quoted_so_they_cannot_inject(tmp_path):
     evil = ["$(touch injected1)", "x; touch injected2", "`touch injected3`", "a'b\"c"]
     result = taylor("run", "--command", "printf '%s\\n' {v} >> seen.txt", "-j", "1", "--report", "report.json",
-                    "--from", "-", cwd=tmp_path, input=json.dumps([{"v": v} for v in evil]))
+                    "--from", "-", "--format", "json", cwd=tmp_path, input=json.dumps([{"v": v} for v in evil]))
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.glob("injected*"))
     assert (tmp_path / "seen.txt").read_text().splitlines() == evil
@@ -157,7 +161,7 @@ def test_exit_codes_keep_going_report_and_journal(tmp_path):
     assert failed.returncode == 1
     lines = journal_lines(tmp_path / "j.jsonl")
     assert sorted(line["name"] for line in lines) == ["task-0001", "task-0002", "task-0003", "task-0004"]
-    bad = next(line for line in lines if line["instructions"] == {"n": 0})
+    bad = next(line for line in lines if line["instructions"] == {"n": "0"})  # as written
     assert bad["status"] == "failed" and bad["report"]["exit_code"] == 1 and "exit code 1" in bad["error"]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["counts"]["done"] == 3 and report["counts"]["failed"] == 1
@@ -222,7 +226,7 @@ def journal_lines_tolerant(path):
             out.append(json.loads(line))
         except ValueError:
             pass
-    return out
+    return [record for record in out if "event" not in record]
 
 
 # ------------------------------------------------------------------- signals
