@@ -62,7 +62,9 @@ class Boss:
     :param on_error: ``'abort'`` (stop everything at the first failure and
         raise it) or ``'continue'`` (run everything, report every outcome).
     :param timeout: default ``timeout`` in seconds of workers that set none.
-    :param stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker.
+    :param stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker; also the time
+        a worker has to exit once its report is in (at least 1 s), and, plus :data:`ABORT_MARGIN`,
+        how long the caller waits for a boss told to stop before killing it.
     :param max_report_bytes: largest pickled report a worker may send.
     :param max_instructions_bytes: largest pickled batch of instructions the
         caller may send at once.

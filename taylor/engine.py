@@ -4,8 +4,8 @@ The loop sleeps in a single ``epoll`` wait over the control channel (instruction
 and signals from the caller), every running worker's report channel, the
 spawner's socket (workers it forked, and reaped), a self-pipe woken by SIGCHLD
 and SIGTERM, and (where the kernel offers it) a pidfd of the caller.  Its only
-timeout is the nearest deadline (a worker's timeout, or the grace before a
-SIGKILL): an idle boss uses no CPU.
+timeout is the nearest deadline (a worker's timeout, the grace before a
+SIGKILL, the spawner's time to answer): an idle boss uses no CPU.
 
 Every worker ends in exactly one entry, built when its process is reaped (by
 the spawner, which says so, or by the boss): the report it sent, else the

@@ -371,3 +371,39 @@ def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
         except ChildProcessError:
             pass
 
+
+
+def test_a_boss_stopped_when_its_caller_dies_still_stops_its_workers():
+    """Its caller dead, a stopped boss does not stay stopped with its workers running for nobody
+    (the kernel sends SIGHUP and SIGCONT to its newly orphaned process group, and its spawner
+    and workers die with it)."""
+    read_end, write_end = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the caller
+        try:
+            read_end.close()
+            boss = run_as_server(None, dict(crash=["hang", "hang"]), scheduler=LaxistScheduler(), stop_grace=0.5)
+            write_end.sendall(str(boss.pid).encode())
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    write_end.close()
+    started = [pid]
+    try:
+        boss_pid = int(read_end.recv(64))
+        started.append(boss_pid)
+        started += [p.pid for p in _until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid),
+                                          what="workers")]
+        started += [c.pid for c in psutil.Process(boss_pid).children()]
+        os.kill(boss_pid, signal.SIGSTOP)
+        _until(lambda: _stopped(boss_pid), what="the boss stopped")
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert not gone(started[1:], 5), "the stopped boss or its workers outlived the caller"
+    finally:
+        read_end.close()
+        _release(started)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
