@@ -615,16 +615,18 @@ class Engine:
             self.spawner_check = None
         news, children = self.launcher.close()
         self._act_on(news)  # what it said before it ended
-        unknown = children is None or bool(set(children) - set(self.by_pid))
+        unknown = None if children is None else bool(set(children) - set(self.by_pid))
         lost = [w for w in self.by_pid.values() if w.spawned]
         for worker in lost:
             del self.by_pid[worker.pid]
             self._lost(worker, "was killed with the spawner process that forked it")
         asked = sorted(self.asked.items())
         self.asked.clear()
-        if asked and unknown:
+        if asked and unknown is not False:
             _, first = asked.pop(0)
-            self._lost(first, "could not be started: the spawner process ended while it may have been forking "
+            self._lost(first, "was forked by the spawner process, which was killed before it said so; it is not "
+                              "started again, so that it cannot run twice" if unknown else
+                              "could not be started: the spawner process died while it may have been forking "
                               "this worker, which is not started again so that it cannot run twice")
         for _, worker in reversed(asked):  # never forked: pending again, in their order
             self._close_channel(worker)

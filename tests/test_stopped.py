@@ -16,7 +16,7 @@ import time
 import faultworkers  # noqa: F401 - registers Crasher before any Boss exists
 import psutil
 import pytest
-from processes import alive, gone, kill, spawner_of, workers_of
+from processes import alive, gone, spawner_of, workers_of
 
 import taylor
 from taylor import Boss, Worker, engine, run_as_server
@@ -44,8 +44,8 @@ class Halting(Worker):
             os.kill(os.getpid(), signal.SIGSTOP)
             real_exit(code)
 
-        with open(os.path.join(self.piddir, str(os.getpid())), "w"):
-            pass
+        with open(os.path.join(self.piddir, str(os.getpid())), "w") as f:
+            f.write(repr(psutil.Process().create_time()))  # what tells this process from a later one
         os._exit = stop_then_exit  # in this worker process only
         return f"report of {self.name}"
 
@@ -78,18 +78,51 @@ def _stopped(pid) -> bool:
         return False
 
 
-def _release(pids) -> None:
-    """Continue and kill processes this test started (and maybe stopped), ignoring those gone."""
-    for pid in pids:
+def _release(procs) -> None:
+    """Continue and kill processes this test started (and maybe stopped), ignoring those gone:
+    psutil processes (which check that their pid was not reused), or pids of unreaped children."""
+    for proc in procs:
+        if isinstance(proc, int):
+            for signum in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(proc, signum)
+                except OSError:
+                    pass
+            continue
         try:
-            os.kill(pid, signal.SIGCONT)
-        except OSError:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        except psutil.Error:
             pass
-    kill(pids)
+
+
+def _suspend_when_waiting(spawner) -> None:
+    """SIGSTOP the spawner once back in its loop, so once it has said it forked its children."""
+    _until(lambda: spawner.status() == psutil.STATUS_SLEEPING, what="the spawner waiting")
+    spawner.suspend()
 
 
 def _pids_in(directory) -> list:
     return [int(name) for name in os.listdir(directory)]
+
+
+def _procs_in(directory) -> list:
+    """The processes whose pids the test's workers wrote in ``directory`` (those still there)."""
+    found = []
+    for pid in _pids_in(directory):
+        with open(os.path.join(directory, str(pid))) as f:
+            created = f.read()
+        try:
+            proc = psutil.Process(pid)
+            if created and repr(proc.create_time()) == created:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def _pids(procs) -> list:
+    return [p if isinstance(p, int) else p.pid for p in procs]
 
 
 # ------------------------------------------------------------------ workers
@@ -114,7 +147,7 @@ def test_a_worker_stopped_after_its_report_is_killed_and_its_entry_keeps_the_rep
         assert not gone(_pids_in(tmp_path), 3)
     finally:
         boss.close()
-        _release(_pids_in(tmp_path))
+        _release(_procs_in(tmp_path))
 
 
 def test_close_does_not_block_on_a_worker_stopped_after_its_report(tmp_path):
@@ -124,14 +157,14 @@ def test_close_does_not_block_on_a_worker_stopped_after_its_report(tmp_path):
     try:
         (halted,) = _until(lambda: [p for p in _pids_in(tmp_path) if _stopped(p)] or None, what="a stopped worker")
         boss.set_instructions(None, dict(crash=["hang"], name=["hanging"]))
-        hanging = [p.pid for p in _until(lambda: [w for w in workers_of(boss.pid) if w.pid != halted] or None,
-                                         what="the hanging worker")]
+        hanging = list(_until(lambda: [w for w in workers_of(boss.pid) if w.pid != halted] or None,
+                                         what="the hanging worker"))
         boss.close()  # returns: the stopped worker is killed within its grace, the other stopped
         assert boss.ended
-        assert not gone([halted, *hanging], 3)
+        assert not gone([halted, *_pids(hanging)], 3)
     finally:
         boss.close()
-        _release([*_pids_in(tmp_path), *hanging])
+        _release([*_procs_in(tmp_path), *hanging])
 
 
 def test_a_stopped_worker_is_still_ended_by_its_timeout_with_the_grace_sigkill():
@@ -140,12 +173,12 @@ def test_a_stopped_worker_is_still_ended_by_its_timeout_with_the_grace_sigkill()
     boss = run_as_server(None, dict(crash=["stubborn"], timeout=[1.5], name=["deaf"]), stop_grace=0.5)
     stopped = []
     try:
-        stopped = [p.pid for p in _until(lambda: workers_of(boss.pid), what="the worker")]
-        os.kill(stopped[0], signal.SIGSTOP)
+        stopped = list(_until(lambda: workers_of(boss.pid), what="the worker"))
+        stopped[0].send_signal(signal.SIGSTOP)
         with pytest.raises(taylor.WorkerTimeoutError, match="SIGKILL") as info:
             boss.wait_till_finished()
         assert info.value.report.workers[0]["exitcode"] == -signal.SIGKILL
-        assert not gone(stopped, 3)
+        assert not gone(_pids(stopped), 3)
     finally:
         boss.close()
         _release(stopped)
@@ -156,16 +189,16 @@ def test_an_abort_ends_a_stopped_worker_gracefully():
                          stop_grace=20.0)
     stopped = []
     try:
-        stopped = [p.pid for p in _until(lambda: workers_of(boss.pid), what="the worker")]
-        os.kill(stopped[0], signal.SIGSTOP)
-        _until(lambda: _stopped(stopped[0]), what="the worker stopped")
+        stopped = list(_until(lambda: workers_of(boss.pid), what="the worker"))
+        stopped[0].send_signal(signal.SIGSTOP)
+        _until(lambda: _stopped(stopped[0].pid), what="the worker stopped")
         boss.set_instructions(None, dict(crash=["exit"], name=["failing"]))
         with pytest.raises(taylor.WorkerDiedError, match="exit code 3") as info:
             boss.wait_till_finished()
         entries = {e["name"]: e for e in info.value.report.workers}
         # The graceful SIGTERM, not the SIGKILL that would end the 20 s grace.
         assert (entries["sleeper"]["status"], entries["sleeper"]["exitcode"]) == ("stopped", -signal.SIGTERM)
-        assert not gone(stopped, 3)
+        assert not gone(_pids(stopped), 3)
     finally:
         boss.close()
         _release(stopped)
@@ -182,11 +215,11 @@ def test_a_stopped_spawner_is_given_up_on_and_each_task_runs_once_forked_by_the_
     started = []
     try:
         spawner = spawner_of(boss)
-        started.append(spawner.pid)
+        started.append(spawner)
         boss.set_instructions(None, dict(crash=["hang"], name=["long"]))
         boss.make_them_work()
-        started += [p.pid for p in _until(lambda: spawner.children(), what="the spawner's worker")]
-        spawner.suspend()
+        started += list(_until(lambda: spawner.children(), what="the spawner's worker"))
+        _suspend_when_waiting(spawner)
         names = boss.set_instructions(None, dict(tally=[str(tally)] * 4))
         report = boss.wait_till_finished()
         entries = {e["name"]: e for e in report.workers}
@@ -196,7 +229,7 @@ def test_a_stopped_spawner_is_given_up_on_and_each_task_runs_once_forked_by_the_
         lines = tally.read_text().split()
         assert sorted(lines[0::2]) == sorted(names)  # each ran once
         assert set(lines[1::2]) == {str(boss.pid)}  # forked by the boss
-        assert not gone(started, 3)
+        assert not gone(_pids(started), 3)
     finally:
         boss.close()
         _release(started)
@@ -210,12 +243,12 @@ def test_a_spawner_stopped_during_an_abort_does_not_hold_the_run(monkeypatch):
     started = []
     try:
         spawner = spawner_of(boss)
-        started.append(spawner.pid)
+        started.append(spawner)
         boss.set_instructions(None, dict(crash=["hang", "hang"], name=["h1", "h2"]))
         boss.make_them_work()
-        started += [p.pid for p in _until(lambda: len(spawner.children()) == 2 and spawner.children(),
-                                          what="the spawner's workers")]
-        spawner.suspend()
+        started += list(_until(lambda: len(spawner.children()) == 2 and spawner.children(),
+                                          what="the spawner's workers"))
+        _suspend_when_waiting(spawner)
         boss.set_instructions(None, dict(crash=["ok"], name=["never"]))
         boss.get_report()  # the request is with the stopped spawner
         boss.stop_them_working()
@@ -223,7 +256,62 @@ def test_a_spawner_stopped_during_an_abort_does_not_hold_the_run(monkeypatch):
         assert report["status"] == "stopped"
         assert [p["name"] for p in report["pending"]] == ["never"]
         assert sorted((e["name"], e["status"]) for e in report.workers) == [("h1", "stopped"), ("h2", "stopped")]
-        assert not gone(started, 3)
+        assert not gone(_pids(started), 3)
+    finally:
+        boss.close()
+        _release(started)
+
+
+def test_requests_a_killed_spawner_never_answered_run_once_or_fail_never_twice(tmp_path):
+    """The spawner dies (SIGKILL) with requests it never answered: it answers them in order, so all
+    but the oldest surely were never forked and run, forked by the boss; the oldest may have been
+    forked when it died, so it fails, saying so, rather than risk running twice."""
+    tally = tmp_path / "tally"
+    boss = Boss(scheduler=LaxistScheduler(), on_error="continue")
+    started = []
+    try:
+        spawner = spawner_of(boss)
+        started.append(spawner)
+        spawner.suspend()
+        names = boss.set_instructions(None, dict(tally=[str(tally)] * 3))
+        boss.make_them_work()
+        boss.get_report()  # the requests are with the spawner
+        spawner.kill()
+        report = boss.wait_till_finished()
+        entries = {e["name"]: e for e in report.workers}
+        first = entries[names[0]]
+        assert first["status"] == "failed" and first["pid"] is None
+        assert "may have been forking this worker, which is not started again" in str(first["report"])
+        assert [entries[n]["status"] for n in names[1:]] == ["done", "done"]
+        lines = tally.read_text().split()
+        assert sorted(lines[0::2]) == sorted(names[1:]) and set(lines[1::2]) == {str(boss.pid)}
+    finally:
+        boss.close()
+        _release(started)
+
+
+def test_a_boss_and_spawner_suspended_together_keep_the_spawner(tmp_path, monkeypatch):
+    """A whole job suspended (every process stopped, then continued) is no stuck spawner: the boss
+    meets its deadline late, sees that it was held up itself, and gives the spawner a new one."""
+    monkeypatch.setattr(engine, "SPAWNER_DEADLINE", 1.0, raising=False)
+    tally = tmp_path / "tally"
+    boss = Boss(scheduler=LaxistScheduler())
+    started = [psutil.Process(boss.pid)]
+    try:
+        spawner = spawner_of(boss)
+        started.append(spawner)
+        spawner.suspend()
+        boss.set_instructions(None, dict(tally=[str(tally)] * 2))
+        boss.make_them_work()
+        boss.get_report()  # the requests are with the spawner, which owes their pids
+        os.kill(boss.pid, signal.SIGSTOP)
+        time.sleep(2.5)  # past the spawner's deadline
+        os.kill(boss.pid, signal.SIGCONT)  # the boss first: it must not blame the spawner
+        time.sleep(0.2)
+        spawner.resume()
+        report = boss.wait_till_finished()
+        assert report.ok
+        assert {e["report"] for e in report.workers} == {spawner.pid}  # forked by the spawner
     finally:
         boss.close()
         _release(started)
@@ -261,11 +349,9 @@ def test_asking_a_stopped_spawner_never_blocks_the_boss():
         assert news == [] and children == set()
         assert spawner.pid is None
     finally:
-        _release([pid])
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        if spawner.pid is not None:  # not reaped by close()
+            _release([pid])
+            os.waitpid(pid, 0)
 
 
 # ------------------------------------------------------------------ the boss
@@ -273,11 +359,11 @@ def test_close_kills_a_stopped_boss_after_its_grace_keeping_the_entries(monkeypa
     monkeypatch.setattr(boss_module, "ABORT_MARGIN", 1.0, raising=False)
     boss = run_as_server(None, dict(crash=["ok", "hang"], name=["quick", "long"]), scheduler=LaxistScheduler(),
                          stop_grace=0.5)
-    started = [boss.pid]
+    started = [psutil.Process(boss.pid)]
     try:
         _until(lambda: boss.wait_for_entries(0.1), what="the first entry")
-        started += [p.pid for p in _until(lambda: workers_of(boss.pid), what="the hanging worker")]
-        started += [c.pid for c in psutil.Process(boss.pid).children()]  # its spawner, if any
+        started += list(_until(lambda: workers_of(boss.pid), what="the hanging worker"))
+        started += psutil.Process(boss.pid).children()  # its spawner, if any
         os.kill(boss.pid, signal.SIGSTOP)
         boss.close()  # bounded: stop_grace + ABORT_MARGIN, then the boss is killed
         assert boss.ended
@@ -286,7 +372,7 @@ def test_close_kills_a_stopped_boss_after_its_grace_keeping_the_entries(monkeypa
         report = info.value.report
         assert [(e["name"], e["status"]) for e in report.workers] == [("quick", "done")]
         assert report["status"] == "stopped" and report["error"] is info.value
-        assert not gone(started, 3), "the boss, its spawner or a worker survived"
+        assert not gone(_pids(started), 3), "the boss, its spawner or a worker survived"
     finally:
         _release(started)
         boss.close()
@@ -298,12 +384,12 @@ def test_interrupted_wait_with_a_stopped_boss_is_bounded(monkeypatch):
     monkeypatch.setattr(boss_module, "ABORT_MARGIN", 1.0, raising=False)
     boss = run_as_server(None, dict(crash=["ok", "hang"], name=["quick", "long"]), scheduler=LaxistScheduler(),
                          stop_grace=0.5)
-    started = [boss.pid]
+    started = [psutil.Process(boss.pid)]
     previous = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     try:
         _until(lambda: boss.wait_for_entries(0.1), what="the first entry")
-        started += [p.pid for p in _until(lambda: workers_of(boss.pid), what="the hanging worker")]
-        started += [c.pid for c in psutil.Process(boss.pid).children()]
+        started += list(_until(lambda: workers_of(boss.pid), what="the hanging worker"))
+        started += psutil.Process(boss.pid).children()
         os.kill(boss.pid, signal.SIGSTOP)
         signal.setitimer(signal.ITIMER_REAL, 0.3)  # SIGTERM while the caller waits
         with pytest.raises(taylor.Interrupted) as info:
@@ -311,7 +397,7 @@ def test_interrupted_wait_with_a_stopped_boss_is_bounded(monkeypatch):
         report = info.value.report
         assert [(e["name"], e["status"]) for e in report.workers] == [("quick", "done")]
         assert "did not end its run" in str(report["error"])
-        assert not gone(started, 3)
+        assert not gone(_pids(started), 3)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -322,16 +408,16 @@ def test_interrupted_wait_with_a_stopped_boss_is_bounded(monkeypatch):
 def test_a_stopped_boss_killed_leaves_no_orphan():
     """Workers and spawner have parent-death signals: a boss killed while stopped takes them along."""
     boss = run_as_server(None, dict(crash=["hang", "hang"]), scheduler=MaxThreadsScheduler(max_threads=2))
-    started = [boss.pid]
+    started = [psutil.Process(boss.pid)]
     try:
-        started += [p.pid for p in _until(lambda: len(workers_of(boss.pid)) == 2 and workers_of(boss.pid),
-                                          what="workers")]
-        started += [c.pid for c in psutil.Process(boss.pid).children()]
+        started += list(_until(lambda: len(workers_of(boss.pid)) == 2 and workers_of(boss.pid),
+                                          what="workers"))
+        started += psutil.Process(boss.pid).children()
         os.kill(boss.pid, signal.SIGSTOP)
         os.kill(boss.pid, signal.SIGKILL)
         with pytest.raises(taylor.BossDiedError):
             boss.wait_till_finished()
-        assert not gone(started, 3)
+        assert not gone(_pids(started), 3)
     finally:
         _release(started)
         boss.close()
@@ -354,20 +440,21 @@ def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
     started = [pid]
     try:
         boss_pid = int(read_end.recv(64))
-        started.append(boss_pid)
-        started += [p.pid for p in _until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid),
-                                          what="workers")]
+        started.append(psutil.Process(boss_pid))
+        started += list(_until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid),
+                                          what="workers"))
         os.kill(pid, signal.SIGSTOP)
         time.sleep(0.3)
-        assert alive(started[1:]) == started[1:]
+        assert alive(_pids(started[1:])) == _pids(started[1:])
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        assert not gone(started[1:], 5)
+        started.remove(pid)  # reaped: its pid may be reused
+        assert not gone(_pids(started[1:]), 5)
     finally:
         read_end.close()
         _release(started)
         try:
-            os.waitpid(pid, os.WNOHANG)
+            os.waitpid(pid, 0)
         except ChildProcessError:
             pass
 
@@ -391,19 +478,20 @@ def test_a_boss_stopped_when_its_caller_dies_still_stops_its_workers():
     started = [pid]
     try:
         boss_pid = int(read_end.recv(64))
-        started.append(boss_pid)
-        started += [p.pid for p in _until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid),
-                                          what="workers")]
-        started += [c.pid for c in psutil.Process(boss_pid).children()]
+        started.append(psutil.Process(boss_pid))
+        started += list(_until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid),
+                                          what="workers"))
+        started += psutil.Process(boss_pid).children()
         os.kill(boss_pid, signal.SIGSTOP)
         _until(lambda: _stopped(boss_pid), what="the boss stopped")
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        assert not gone(started[1:], 5), "the stopped boss or its workers outlived the caller"
+        started.remove(pid)  # reaped: its pid may be reused
+        assert not gone(_pids(started[1:]), 5), "the stopped boss or its workers outlived the caller"
     finally:
         read_end.close()
         _release(started)
         try:
-            os.waitpid(pid, os.WNOHANG)
+            os.waitpid(pid, 0)
         except ChildProcessError:
             pass
