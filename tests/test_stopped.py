@@ -11,6 +11,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 import faultworkers  # noqa: F401 - registers Crasher before any Boss exists
@@ -385,13 +386,13 @@ def test_interrupted_wait_with_a_stopped_boss_is_bounded(monkeypatch):
     boss = run_as_server(None, dict(crash=["ok", "hang"], name=["quick", "long"]), scheduler=LaxistScheduler(),
                          stop_grace=0.5)
     started = [psutil.Process(boss.pid)]
-    previous = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))  # while the caller waits
     try:
         _until(lambda: boss.wait_for_entries(0.1), what="the first entry")
         started += list(_until(lambda: workers_of(boss.pid), what="the hanging worker"))
         started += psutil.Process(boss.pid).children()
         os.kill(boss.pid, signal.SIGSTOP)
-        signal.setitimer(signal.ITIMER_REAL, 0.3)  # SIGTERM while the caller waits
+        timer.start()
         with pytest.raises(taylor.Interrupted) as info:
             boss.wait_till_finished()
         report = info.value.report
@@ -399,8 +400,7 @@ def test_interrupted_wait_with_a_stopped_boss_is_bounded(monkeypatch):
         assert "did not end its run" in str(report["error"])
         assert not gone(_pids(started), 3)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        timer.cancel()
         _release(started)
         boss.close()
 
