@@ -14,6 +14,11 @@ boss's CPU use while two workers sleep, and the latency from
 
     python benchmarks/throughput.py                 # 1000 tasks, 5 rounds
     python benchmarks/throughput.py --tasks 2000 --rounds 7 --no-taylorism
+    python benchmarks/throughput.py --no-taylorism --baseline ../old-checkout   # before/after a change
+
+``--baseline`` adds a contender: taylor imported from another source tree (a
+checkout of an earlier commit), measured the same way, alternating with this
+tree's, so that a change is judged in one run rather than across two.
 
 taylorism is installed on first use into benchmarks/.venv-taylorism (from the
 package index), never imported into this interpreter.
@@ -175,8 +180,9 @@ def ensure_taylorism() -> Path:
     return python
 
 
-def measure(python: str, what: str, *args: str) -> float:
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent) if what != "taylorism" else "")
+def measure(python: str, what: str, *args: str, tree: Path = HERE.parent) -> float:
+    """Run one measurement of ``what`` in a fresh ``python``, importing taylor from ``tree``."""
+    env = dict(os.environ, PYTHONPATH=str(tree) if what != "taylorism" else "")
     out = subprocess.run([python, __file__, "--one", what, *args], check=True, capture_output=True, text=True,
                          env=env, cwd=str(HERE)).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -187,6 +193,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-taylorism", action="store_true", help="skip taylorism (no install needed)")
+    parser.add_argument("--baseline", type=Path, help="also measure taylor from this source tree (before/after)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--extra", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -203,6 +210,9 @@ def main() -> None:
 
     import statistics  # not before the measurements: it imports random, which Python reseeds in every fork
     pythons = {"taylor": sys.executable, "raw": sys.executable, "raw_bare": sys.executable}
+    trees = {name: HERE.parent for name in pythons}
+    if args.baseline:
+        pythons["baseline"], trees["baseline"] = sys.executable, args.baseline.resolve()
     if not args.no_taylorism:
         pythons["taylorism"] = str(ensure_taylorism())
     rates = {name: [] for name in pythons}
@@ -210,7 +220,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name in order[round_ % len(order):] + order[:round_ % len(order)]:
             tasks = args.tasks if name != "taylorism" else max(100, args.tasks // 5)  # it is slow
-            rates[name].append(measure(pythons[name], name, "--tasks", str(tasks)))
+            what = "taylor" if name == "baseline" else name
+            rates[name].append(measure(pythons[name], what, "--tasks", str(tasks), tree=trees.get(name, HERE.parent)))
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {r[-1]:.0f}/s" for n, r in rates.items()), flush=True)
     med = {name: statistics.median(r) for name, r in rates.items()}
     print(f"\n{args.tasks} no-op tasks, {THREADS} at a time, median of {args.rounds} rounds (tasks/s):")
@@ -220,6 +231,10 @@ def main() -> None:
     print(f"  taylor / raw loop, libc's fork():    {med['taylor'] / med['raw_bare']:.2f}x")
     if "taylorism" in med:
         print(f"  taylor / taylorism:                  {med['taylor'] / med['taylorism']:.1f}x")
+    if "baseline" in med:
+        ratios = sorted(a / b for a, b in zip(rates["taylor"], rates["baseline"]))
+        print(f"  taylor / baseline ({args.baseline}): {med['taylor'] / med['baseline']:.2f}x "
+              f"(round by round {ratios[0]:.2f}x to {ratios[-1]:.2f}x)")
     for name in [n for n in ("taylor", "taylorism") if n in pythons]:
         cpu = measure(pythons[name], name, "--extra", "idle")
         lat = measure(pythons[name], name, "--extra", "latency")

@@ -17,6 +17,7 @@ from .errors import (
                      CapacityError,
                      InstructionsError,
                      Interrupted,
+                     MemoryLimitError,
                      NoWorkerFitError,
                      RemoteTraceback,
                      ReportError,
@@ -34,5 +35,5 @@ __all__ = [
     "Boss", "Worker", "Report", "run_as_server", "batch_main", "to_jsonable",
     "TaylorError", "InstructionsError", "NoWorkerFitError", "CapacityError", "BossDiedError",
     "BossClosedError", "WorkerError", "WorkerDiedError", "WorkerTimeoutError", "ReportError",
-    "Interrupted", "RemoteTraceback", "__version__",
+    "MemoryLimitError", "Interrupted", "RemoteTraceback", "__version__",
 ]

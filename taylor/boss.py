@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import math
 import os
+import pickle
+import pprint
 import select
 import signal
 import socket
@@ -20,9 +23,9 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-from . import wire
+from . import checks, wire
 from .engine import SIGNALS, Options, serve
 from .errors import (
     BossClosedError,
@@ -30,12 +33,14 @@ from .errors import (
     InstructionsError,
     Interrupted,
     RemoteTraceback,
+    ReportError,
     TaylorError,
     _short,
     describe_exit,
+    worker_failure_message,
 )
 from .instructions import expand, resolve, worker_classes
-from .report import Report
+from .report import FAILED, Report
 from .schedulers import default_scheduler
 
 __all__ = ["Boss", "run_as_server", "batch_main"]
@@ -46,6 +51,8 @@ _live_bosses: weakref.WeakSet[Boss] = weakref.WeakSet()
 #: Seconds, beyond its ``stop_grace``, the caller waits for a boss told to stop before it kills it:
 #: a boss that cannot run (stopped with SIGSTOP) must not hold the caller forever.
 ABORT_MARGIN = 10.0
+#: Seconds a call waits for the final report of an aborting boss beyond its ``stop_grace``.
+_FINAL_MARGIN = 5.0
 
 
 class Boss:
@@ -61,6 +68,10 @@ class Boss:
         boss when it is created.
     :param on_error: ``'abort'`` (stop everything at the first failure and
         raise it) or ``'continue'`` (run everything, report every outcome).
+        After an abort every call that takes part in the run
+        (:meth:`set_instructions`, :meth:`make_them_work`,
+        :meth:`send_signal`, :meth:`get_report`, :meth:`wait_till_finished`)
+        raises the failure, with the final report as ``.report``.
     :param timeout: default ``timeout`` in seconds of workers that set none.
     :param stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker; also the time
         a worker has to exit once its report is in (at least 1 s), and, plus :data:`ABORT_MARGIN`,
@@ -78,10 +89,10 @@ class Boss:
                  max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30) -> None:
         if on_error not in ("abort", "continue"):
             raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
-        if not stop_grace >= 0:
-            raise ValueError(f"stop_grace must be zero or more seconds, got {stop_grace!r}")
+        why = (None if timeout is None else checks.seconds(timeout, "timeout")) or \
+            checks.seconds(stop_grace, "stop_grace", zero=True)
+        if why:
+            raise ValueError(why + (" (timeout=None: no timeout)" if why.startswith("timeout") else ""))
         if scheduler is None:
             scheduler = default_scheduler()
         if not callable(getattr(scheduler, "launchable", None)):
@@ -103,9 +114,13 @@ class Boss:
         self._submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
         self._running: Dict[str, int] = {}  # process group of each running worker, by name
         self._decoder = wire.Decoder()
+        self._demoted = 0  # entries the boss counted done whose report could not be unpickled here
+        self._local_failure: Optional[Dict[str, Any]] = None  # the first of them, under on_error='abort'
         self._status: Optional[Dict[str, Any]] = None
         self._final: Optional[Report] = None
-        self._failure: Optional[BaseException] = None
+        self._failure: Optional[BaseException] = None  # never raised itself: see _raise_failure
+        self._aborting: Optional[Dict[str, Any]] = None  # the boss said it is stopping on its own
+        self._listening = True  # False once STOP_LISTENING is sent: later instructions would go unseen
         self._ended = False
         self._broken = False
         self._reaped = False
@@ -117,7 +132,7 @@ class Boss:
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
         sentinel_r, sentinel_w = os.pipe()
-        others = [fd for boss in list(_live_bosses) for fd in boss._caller_fds()]
+        others = [boss for boss in list(_live_bosses) if not boss._reaped]
         caller_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):  # or the children would print it again
             with contextlib.suppress(Exception):
@@ -128,9 +143,8 @@ class Boss:
             try:
                 ours.close()
                 os.close(sentinel_r)
-                for fd in others:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+                for boss in others:
+                    boss._disown()
                 code = serve(theirs.detach(), caller_pid, self.scheduler, self._options, [sentinel_w])
             except BaseException:  # noqa: BLE001 - never return into the caller's code
                 with contextlib.suppress(BaseException):
@@ -146,8 +160,20 @@ class Boss:
         self._sentinel = sentinel_r
         _live_bosses.add(self)
 
-    def _caller_fds(self) -> List[int]:
-        return [] if self._reaped else [self._fd, self._sentinel]
+    def _disown(self) -> None:
+        """In a forked child (a new boss process): close this other boss's descriptors here,
+        through the objects that own them, and mark it as nothing to stop or reap from here.
+
+        Closing them by number would leave the socket object owning a number it
+        no longer has: when the child's garbage collector later frees this Boss,
+        the socket would close that number again, by then one of the child's own
+        descriptors (its epoll, its spawner's socket).
+        """
+        self._reaped = True
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self._sock.detach())
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self._sentinel)
 
     def _reap(self, block: bool = True) -> None:
         if self._reaped:
@@ -203,11 +229,47 @@ class Boss:
             if ticket is not None:
                 instructions["scheduler_ticket"] = ticket
             payload["instructions"] = instructions
+            self._unpack_report(payload)
             self._entries.append(payload)
         elif kind == "status":
             self._status = payload
+        elif kind == "aborting":
+            self._aborting = payload
         elif kind == "final":
             self._on_final(payload)
+
+    def _unpack_report(self, entry: Dict[str, Any]) -> None:
+        """Load the entry's report, pickled apart in the boss (see :func:`wire.pack_report`).
+
+        A report this process cannot unpickle fails that worker alone, with a
+        :class:`ReportError` saying why; under ``on_error='abort'`` it stops
+        the run like any first failure (the boss, which could read it, is told).
+        """
+        try:
+            entry["report"] = pickle.loads(entry["report"])
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure of a class's own unpickling
+            why = f"{type(exc).__name__}: {exc}"
+        name, was = entry["name"], entry["status"]
+        plain = {k: v for k, v in entry["instructions"].items() if k != "scheduler_hooks"}
+        what = "raised an exception" if was == FAILED else "sent a report"
+        entry.update(status=FAILED, report=ReportError(worker_failure_message(
+            f"{what} that the boss could read but this process (the caller) cannot unpickle ({why}). "
+            "Make its class importable here (its module on this program's sys.path, imported before the "
+            "Boss was created), and its pickling independent of the process (a __reduce__, or for an "
+            "exception an __init__, that rebuilds it from plain values)", name, plain, entry.get("pid")),
+            worker=name, pid=entry.get("pid"), instructions=plain, exitcode=entry.get("exitcode")))
+        if was == FAILED:
+            return
+        self._demoted += 1  # the boss counted it done
+        if self._options.on_error == "abort" and self._local_failure is None \
+                and not any(e["status"] == FAILED for e in self._entries):
+            # The first failure of the run, which the boss does not know of: stop it as it would have.
+            self._local_failure = entry
+            if self._aborting is None:  # later calls raise it, as for a failure the boss saw
+                self._aborting = {"failure": name}
+            with contextlib.suppress(OSError):  # a boss already gone has stopped anyway
+                self._sock.sendall(wire.encode(("signal", "STOP_RIGHTNOW")), _NOSIGNAL)
 
     def _pump(self, until, block: bool = True, timeout: Optional[float] = None) -> None:
         """Receive messages until ``until()`` holds; raise if the boss died first.
@@ -255,10 +317,14 @@ class Boss:
             return False
         if not data:
             return False
-        for message in self._decoder.feed(data):
+        unreadable = None
+        for message in self._decoder.feed(data):  # every message, even after one that cannot be read
             if isinstance(message, wire.Undecodable):
-                raise TaylorError(f"a message from the boss{self._label()} could not be read: {message.error}")
-            self._handle(message)
+                unreadable = unreadable or message
+            else:
+                self._handle(message)
+        if unreadable is not None:
+            raise TaylorError(f"a message from the boss{self._label()} could not be read: {unreadable.error}")
         return True
 
     def _on_boss_death(self) -> None:
@@ -277,7 +343,7 @@ class Boss:
         error.report = report
         self._final = report
         self._failure = error
-        raise error
+        self._raise_failure()
 
     def _end_orphans(self) -> None:
         """The boss was killed outright: its workers die with it (parent-death signal), but
@@ -293,6 +359,10 @@ class Boss:
 
     # ----------------------------------------------------------------- reports
     def _report(self, status: str, **extra: Any) -> Report:
+        counts = extra.get("counts")
+        if counts and self._demoted:  # reports the boss counted done, which could not be read here
+            extra["counts"] = dict(counts, done=counts.get("done", 0) - self._demoted,
+                                   failed=counts.get("failed", 0) + self._demoted)
         report = Report(workers_report=list(self._entries), status=status)
         report.update(extra)
         return report
@@ -301,22 +371,38 @@ class Boss:
         extra = {k: final[k] for k in ("pending", "running") if k in final}
         if "pending" in extra:
             extra["pending"] = [self._submitted.get(name, {"name": name}) for name in extra["pending"]]
-        report = self._report(final["status"], counts=final["counts"], **extra)
+        # Instructions that reached the boss only after it had sent this (it was ending on its
+        # own meanwhile) never started: listed as pending too, never lost.
+        listed = set(final.get("pending", ())) | set(final.get("running", ()))
+        late = [instructions for name, instructions in self._submitted.items() if name not in listed]
+        counts = final["counts"]
+        if late:
+            extra["pending"] = extra.get("pending", []) + late
+            counts = dict(counts, pending=counts.get("pending", 0) + len(late))
+        local = self._local_failure if final.get("error") is None else None  # it came first, if any
+        report = self._report("failed" if local else final["status"], counts=counts, **extra)
         if self.name is not None:
             report["boss"] = self.name
         self._final = report
-        error = final.get("error")
-        if error is None and final.get("failure") is not None:
-            entry = next(e for e in reversed(self._entries) if e["name"] == final["failure"])
+        if local is not None:
+            self._set_failure(None, local["report"], report)
+        else:
+            self._set_failure(final.get("failure"), final.get("error"), report)
+
+    def _set_failure(self, failure: Optional[str], error: Optional[BaseException], report: Report) -> None:
+        """Keep the run's failure (worker ``failure``'s exception, else ``error``) with ``report``."""
+        if error is None and failure is not None:
+            entry = next(e for e in reversed(self._entries) if e["name"] == failure)
             error = entry["report"]
             if not isinstance(error, BaseException):
                 error = TaylorError(f"worker {entry['name']!r} failed: {error!r}")
             tb = entry.get("traceback")
             if tb and error.__cause__ is None:
                 error.__cause__ = RemoteTraceback(tb)
-            if hasattr(error, "add_note") and tb:
-                error.add_note(f"raised in taylor worker {entry['name']!r} (pid {entry['pid']}) "
-                               f"with instructions {_short(entry['instructions'])}")
+            note = (f"raised in taylor worker {entry['name']!r} (pid {entry['pid']}) "
+                    f"with instructions {_short(entry['instructions'])}")
+            if hasattr(error, "add_note") and tb and note not in getattr(error, "__notes__", ()):
+                error.add_note(note)
         if error is not None:
             with contextlib.suppress(AttributeError, TypeError):
                 error.report = report
@@ -326,8 +412,38 @@ class Boss:
             report["error"] = error
 
     def _raise_failure(self) -> None:
+        """Raise a copy of the run's failure, if it failed.
+
+        A copy, never the kept exception itself: a raised exception's traceback
+        holds this Boss's frames, so keeping a raised one would keep the Boss
+        (and its boss process) alive through that cycle after the caller drops it.
+        """
         if self._failure is not None:
-            raise self._failure
+            raise _fresh(self._failure)
+
+    def _check(self) -> None:
+        """Raise the run's failure if it is known, or has arrived unread: a call made after a
+        failure must not succeed (nor queue instructions that would never run).
+
+        What the boss sent is read first, without waiting.  When the boss has said
+        it is aborting (a worker failed under ``on_error='abort'``, or the run
+        failed, or the boss received SIGTERM), the call waits for its final report
+        before raising, so that ``.report`` is the final report: every entry,
+        including those of the workers stopped, and every instruction never
+        started listed in ``pending``.  That wait is the time the boss takes to
+        stop the running workers: milliseconds for workers that end on SIGTERM,
+        about ``stop_grace`` seconds for those that must be killed.  Should the
+        final report not come within ``stop_grace`` and a few seconds more, the
+        failure is raised with the report received so far.
+        """
+        if self._failure is None and self._final is None and self._aborting is None and not self._reaped:
+            self._pump(lambda: self._aborting is not None or self._final is not None, block=False)
+        if self._aborting is not None and self._final is None and self._failure is None:
+            self._pump(lambda: self._final is not None, timeout=self._options.stop_grace + _FINAL_MARGIN)
+            if self._final is None:
+                self._set_failure(self._aborting.get("failure"), self._aborting.get("error"),
+                                  self._report("failed", running=sorted(self._running)))
+        self._raise_failure()
 
     # -------------------------------------------------------------- public API
     def set_instructions(self, common_instructions: Optional[Mapping[str, Any]] = None,
@@ -342,11 +458,23 @@ class Boss:
         instructions the scheduler could never start, or that cannot be
         pickled.  ``fatal`` is accepted for compatibility; bad input never
         reaches the boss, so it never needs stopping.
+
+        After the run's failure (``on_error='abort'``) this raises it:
+        instructions are sent only to a boss that is still running.  A call
+        that hears of the abort waits for the final report (the time the boss
+        takes to stop the running workers: about ``stop_grace`` seconds at
+        most) and raises with it as ``.report``.  Instructions sent in the
+        instant between a failure in the boss and the news of it reaching the
+        caller are not lost: they are listed in the final report's
+        ``pending``, and the next call raises.
         """
-        self._raise_failure()
+        self._check()
         if self._ended or self._final is not None:
             raise BossClosedError(f"the boss{self._label()} was told the instructions had ended; "
                                   "create a new Boss for more work")
+        if not self._listening:
+            raise BossClosedError(f"the boss{self._label()} was told to stop listening (STOP_LISTENING); "
+                                  "instructions sent now would never be reported: create a new Boss")
         rows = expand(common_instructions, individual_instructions)
         names = set(self._names)
         instructions = resolve(rows, shared=self._shared, taken=names, visible=self._visible)
@@ -382,11 +510,15 @@ class Boss:
                                     f"{type(exc).__name__}: {exc}; send fewer at once") from exc
 
     def make_them_work(self, terminate: bool = False, stop_listening: bool = False) -> None:
-        """Start the workers; ``terminate`` also calls :meth:`end`, ``stop_listening`` sends STOP_LISTENING."""
-        self._raise_failure()
+        """Start the workers; ``terminate`` also calls :meth:`end`, ``stop_listening`` sends STOP_LISTENING.
+
+        Raises the run's failure if it has failed (see :meth:`set_instructions`).
+        """
+        self._check()
         self._send("signal", "RESUME")
         if stop_listening:
             self._send("signal", "STOP_LISTENING")
+            self._listening = False
         if terminate:
             self.end()
 
@@ -410,27 +542,33 @@ class Boss:
                     self._sock.settimeout(None)
 
     def send_signal(self, name: str) -> None:
-        """Send one of :attr:`control_signals` by name (``'HALT'``, ``'STOP'``...)."""
+        """Send one of :attr:`control_signals` by name (``'HALT'``, ``'STOP'``...).
+
+        Raises the run's failure if it has failed (see :meth:`set_instructions`).
+        """
         if name not in SIGNALS:
             raise ValueError(f"unknown control signal {name!r}; known: {', '.join(SIGNALS)}")
-        self._raise_failure()
+        self._check()
         if name == "END":
             self.end()
         else:
             self._send("signal", name)
+            if name == "STOP_LISTENING":
+                self._listening = False
 
     def get_report(self, interim: bool = True) -> Optional[Report]:
         """The final report once the run has ended; before that, an interim
         report if ``interim`` (``None`` otherwise).  Raises the run's failure
-        if it failed.
+        if it failed, as soon as the boss has said so (see :meth:`set_instructions`).
         """
-        self._raise_failure()
+        self._check()
         if self._final is None:
             self._pump(lambda: False, block=False)
         if self._final is None and interim:
             self._status = None
             self._send("signal", "SEND_REPORT")
             self._pump(lambda: self._status is not None or self._final is not None)
+            self._check()  # the news of an abort may have come with the answer
             if self._final is None:
                 return self._report("interim", counts=self._status["counts"], running=self._status["running"])
         self._raise_failure()
@@ -453,6 +591,9 @@ class Boss:
         On SIGINT or SIGTERM while waiting, stops the workers and raises like
         :meth:`wait_till_finished`.
         """
+        why = None if timeout is None else checks.seconds(timeout, "timeout", zero=True)
+        if why:
+            raise ValueError(why + " (None: no limit)")
         if not self.ended:
             try:
                 with _signals_raise():
@@ -590,6 +731,28 @@ class Boss:
         return f"<taylor.Boss{self._label()} pid={self.pid} {state}, {len(self._entries)} entries>"
 
 
+def _fresh(error: BaseException) -> BaseException:
+    """A copy of ``error`` to raise: same type, arguments and attributes (``report``...),
+    same ``__cause__`` (the worker's traceback) and notes; no traceback yet.
+
+    Exceptions that arrive from the boss were rebuilt from a pickle, so they can
+    be rebuilt again; should one not copy, the original is raised.
+    """
+    try:
+        fresh = copy.copy(error)
+    except Exception:  # noqa: BLE001 - an exception that cannot be rebuilt is raised as it is
+        return error
+    if type(fresh) is not type(error) or fresh is error:
+        return error
+    fresh.__cause__ = error.__cause__
+    fresh.__suppress_context__ = error.__suppress_context__
+    notes = getattr(error, "__notes__", None)
+    if notes is not None:
+        with contextlib.suppress(AttributeError, TypeError):
+            fresh.__notes__ = list(notes)
+    return fresh
+
+
 def _wait(fds: List[int], timeout: Optional[float]) -> List[int]:
     """Those of ``fds`` readable (or at their end) within ``timeout`` seconds (None: no limit)."""
     poller = select.poll()
@@ -648,20 +811,43 @@ def run_as_server(common_instructions: Optional[Mapping[str, Any]] = None,
     return boss
 
 
+def _report_text(report: Any) -> str:
+    """A worker's report as readable text: a string as it is, an exception as its type and
+    message, anything else pretty-printed (one item a line when it does not fit in one)."""
+    if isinstance(report, str):
+        return report
+    if isinstance(report, BaseException):
+        return f"{type(report).__name__}: {report}"
+    return pprint.pformat(report, width=100, sort_dicts=False)
+
+
 def format_report(report: Report) -> str:
-    """The text batch_main prints: one line per worker, then a summary."""
-    lines = []
+    """The text batch_main prints: for each worker a header with its name and how it
+    ended, then its whole report as an indented block; last, the run's summary."""
+    blocks = []
     for entry in report.workers:
-        lines.append(f"{entry['name']}: {entry['status']}: {entry['report']!r}")
-    lines.append(report.summary())
-    return "\n".join(lines)
+        header = f"worker {entry['name']}: {entry['status']}"
+        text = _report_text(entry["report"])
+        blocks.append(header + "\n" + "\n".join("    " + line for line in text.splitlines() or [""]))
+    pending = report.get("pending")
+    if pending:
+        blocks.append("never started: " + ", ".join(str(p.get("name")) for p in pending))
+    blocks.append(report.summary())
+    return "\n".join(blocks)
 
 
 def batch_main(common_instructions: Optional[Mapping[str, Any]] = None,
                individual_instructions: Optional[Mapping[str, Sequence[Any]]] = None,
-               scheduler: Any = None, verbose: bool = False, print_report: bool = True,
-               **boss_options: Any) -> Report:
-    """Run one batch to the end, print its report and return it.
+               scheduler: Any = None, verbose: bool = False,
+               print_report: Union[bool, Callable[[Any], Any]] = True, **boss_options: Any) -> Report:
+    """Run one batch to the end, show its report and return it.
+
+    ``print_report``: ``True`` prints, for each worker, its name and its whole
+    report (see :func:`format_report`), then a summary; ``False`` prints
+    nothing; a callable is called with each worker's report in turn, as
+    taylorism did (``print_report=lambda report: None`` silences it; taylor
+    then prints nothing itself).  Nothing is shown when the run fails: the
+    error raised carries the report.
 
     Raises the first worker error (with ``.report``) unless
     ``on_error='continue'``; see :func:`run_as_server` for the parameters.
@@ -672,7 +858,10 @@ def batch_main(common_instructions: Optional[Mapping[str, Any]] = None,
         report = boss.wait_till_finished()
     finally:
         boss.close()
-    if print_report:
+    if callable(print_report):
+        for entry in report.workers:
+            print_report(entry["report"])
+    elif print_report:
         print(format_report(report))
     return report
 

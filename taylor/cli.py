@@ -119,18 +119,18 @@ def scheduler_classes(description: Dict[str, Any]) -> List[type]:
 
 
 def make_scheduler(kind: Optional[str], max_threads: Optional[int], max_memory: Optional[float],
-                   memory_per_task: Optional[float], bind: bool, measured: bool = False) -> Any:
+                   memory_per_task: Optional[float], bind: bool, measured: bool = False, enforce: bool = False) -> Any:
     """The scheduler the options describe, built through footprints (exit 2 if none fits)."""
     import footprints
 
     from . import schedulers  # noqa: F401 - registers the schedulers
 
-    memory_given = max_memory is not None or memory_per_task is not None or measured
+    memory_given = max_memory is not None or memory_per_task is not None or measured or enforce
     if kind is None:
         kind = "threads+memory" if memory_given else "threads"
     if kind in ("threads", "laxist") and memory_given:
-        _fail(f"--max-memory, --memory-per-task and --measured-memory need a memory scheduler, "
-              f"not --scheduler {kind}")
+        _fail(f"--max-memory, --memory-per-task, --measured-memory and --enforce-memory need a memory "
+              f"scheduler, not --scheduler {kind}")
     if kind in ("memory", "laxist") and max_threads is not None:
         _fail(f"-j/--max-threads does not apply to --scheduler {kind}")
     if kind == "laxist" and bind:
@@ -147,6 +147,8 @@ def make_scheduler(kind: Optional[str], max_threads: Optional[int], max_memory: 
             description["memory_per_task"] = memory_per_task
         if measured:
             description["measured"] = True
+        if enforce:
+            description["enforce"] = True
     if bind:
         description["binded"] = True
     if not scheduler_classes(description):
@@ -220,6 +222,10 @@ Examples:
 @click.option("--measured-memory", is_flag=True,
               help="With a memory scheduler: also start a task only when the memory the host has available "
                    "now (less what running tasks declared but do not use yet) covers it.")
+@click.option("--enforce-memory", is_flag=True,
+              help="With a memory scheduler: keep each task's processes to the memory it declares (or "
+                   "--memory-per-task), with the job's cgroup where it is delegated, else an address-space "
+                   "limit; a task that exceeds it fails alone, saying so.")
 @click.option("--bind", is_flag=True, help="Pin each task to its own CPU.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Terminate (and fail) a task that runs longer than SECONDS.")
@@ -239,7 +245,8 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
         from_file: Optional[str], from_format: Optional[str], logdir: Optional[str], max_threads: Optional[int],
         max_memory: Optional[float], memory_per_task: Optional[float], scheduler_kind: Optional[str],
         measured_memory: bool, bind: bool, timeout: Optional[float], keep_going: bool, report_path: Optional[str],
-        journal_path: Optional[str], resume: bool, progress: Optional[bool], verbose: bool) -> None:
+        journal_path: Optional[str], resume: bool, progress: Optional[bool], verbose: bool,
+        enforce_memory: bool = False) -> None:
     from .errors import TaylorError
 
     if bool(worker_spec) == bool(template):
@@ -248,6 +255,12 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
         _fail("--resume needs --journal FILE (the journal of the run to resume)")
     if logdir and not template:
         _fail("--logdir applies to --command runs only")
+    if timeout is not None:
+        from .checks import seconds
+
+        why = seconds(timeout, "--timeout")  # NaN passes click's range; inf and > 24.8 days too
+        if why:
+            _fail(why)
     if report_path and report_path != "-":
         folder = os.path.dirname(os.path.abspath(report_path))
         if not os.access(folder, os.W_OK):
@@ -274,7 +287,8 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
             _fail(str(exc))
     else:
         worker_class = load_worker(worker_spec)
-    scheduler = make_scheduler(scheduler_kind, max_threads, max_memory, memory_per_task, bind, measured_memory)
+    scheduler = make_scheduler(scheduler_kind, max_threads, max_memory, memory_per_task, bind, measured_memory,
+                               enforce_memory)
 
     width = max(4, len(str(len(user_rows))))
     tasks: List[Dict[str, Any]] = []
@@ -300,7 +314,11 @@ def run(worker_spec: Optional[str], template: Optional[str], common: Sequence[st
     if resume:
         from .journal import read_done, row_key
 
-        done, bad = read_done(journal_path)
+        try:
+            done, bad = read_done(journal_path)
+        except (OSError, ValueError) as exc:  # a directory, no permission, not UTF-8 (JournalError)
+            _fail(str(exc) if isinstance(exc, ValueError) else
+                  f"cannot read the journal {journal_path}: {exc.strerror or exc}")
         if bad:
             click.echo(f"taylor: {bad} unreadable line(s) in {journal_path} ignored (a line cut by a kill?)",
                        err=True)
@@ -379,8 +397,10 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
 
     logger = logging.getLogger("taylor")
     level = logger.level
+    limits, limits_level = logging.getLogger("taylor.limits"), logging.getLogger("taylor.limits").level
     if not verbose:  # the summary below says what failed; the boss's log would say it twice
         logger.setLevel(logging.CRITICAL)
+        limits.setLevel(logging.WARNING)  # but no summary says what held the run back (descriptors...)
     journal: Optional[Journal] = None
     bar = Progress(len(tasks), progress)
     started = time.monotonic()
@@ -456,6 +476,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
         signal.signal(signal.SIGINT, previous_int if previous_int is not None else signal.SIG_DFL)
         logger.setLevel(level)
+        limits.setLevel(limits_level)
 
     if report is None:
         report = Report(workers_report=[], status="failed")

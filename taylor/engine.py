@@ -22,6 +22,7 @@ import heapq
 import itertools
 import logging
 import os
+import reprlib
 import select
 import signal
 import time
@@ -34,6 +35,7 @@ from .errors import (
     CapacityError,
     InstructionsError,
     Interrupted,
+    MemoryLimitError,
     ReportError,
     TaylorError,
     WorkerDiedError,
@@ -42,16 +44,19 @@ from .errors import (
     worker_failure_message,
 )
 from .instructions import Instructions, resolve
-from .launcher import LocalProcesses
+from .launcher import NOT_NOW, LocalProcesses
 from .poller import READ, WRITE, Poller
 from .report import DONE, FAILED, STOPPED
 from .schedulers.base import expected_time_of, memory_of
+from .schedulers.memory_limit import LimitMemory
 from .spawner import EXITED, STARTED
 from .worker import OK, RAISED, UNSENDABLE, DirectSpec
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
 
 log = logging.getLogger("taylor.boss")
+#: What holds a run back (the job's limits): a logger of its own, which the command line keeps audible.
+limits_log = logging.getLogger("taylor.limits")
 
 #: Control signals and their meaning (the caller sends their names).
 SIGNALS = {
@@ -171,6 +176,7 @@ class Engine:
         self.silent = False
         self.failure: Optional[Dict[str, Any]] = None
         self.error: Optional[BaseException] = None
+        self.told_aborting = False  # the caller was told the run ends on its own (see _tell_aborting)
         self.dirty = False
         self.deadlines: list = []
         self._seq = itertools.count()
@@ -187,6 +193,11 @@ class Engine:
         self.spawner_heard = time.monotonic()  # when the spawner last said something
         self.spawner_check: Optional[_SpawnerCheck] = None  # armed while it owes the boss an answer
         self.killing = False  # every worker is being stopped: the run ends
+        # The boss's descriptors bound how many workers run (see _fds_allow): once they ran short,
+        # a dispatch waits for fd_wait of them to be free; after a "not now" (see _not_now), for an end.
+        self.fd_wait = 1
+        self.not_now = False
+        self.warned: set = set()
 
     # ------------------------------------------------------------------ set-up
     def _private_fds(self) -> List[int]:
@@ -248,8 +259,15 @@ class Engine:
             log.error("boss loop failed:\n%s", traceback.format_exc())
             self.error = TaylorError(f"the boss process failed: {type(exc).__name__}: {exc}",
                                      traceback=traceback.format_exc())
-            self._stop_workers("error")
-            self._drain_workers()
+            # The failure may be the poller's (a descriptor closed under it): nothing waits on it
+            # any more, so it is set aside (not closed: its number may be another's by now), and
+            # each step is tried on its own: the caller gets this error and the entries, not a dead boss.
+            self._broken_poller, self.poller = self.poller, _SetAside()
+            for step in (lambda: self._stop_workers("error"), self._drain_workers):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001
+                    log.error("while ending the run after that:\n%s", traceback.format_exc())
         self._close_spawner()
         self._send_final()
         if self.silent and self.outbox and not self.caller_lost:
@@ -302,9 +320,10 @@ class Engine:
             return
         kind, payload = message
         if kind == "instructions":
-            if self.ending or self.stopping:
-                log.warning("%d instructions arrived after the end was asked; ignored", len(payload))
+            if self.stopping == "listening":  # the final report has gone: they could never be reported
+                log.warning("%d instructions arrived after STOP_LISTENING; ignored", len(payload))
                 return
+            # A stopping boss starts nothing more: these are listed as pending in its final report.
             self.pending.extend(payload)
             self.dirty = True
         elif kind == "signal":
@@ -432,7 +451,7 @@ class Engine:
             waiter.register(self.caller_fd, select.POLLIN)
         while self.outbox:
             for fd, events in waiter.poll():
-                if fd == self.caller_fd:
+                if fd == self.caller_fd or events & select.POLLNVAL:  # gone, or no longer a descriptor
                     return
                 if fd == self.wakeup_r:
                     if signal.SIGTERM in (wire.read_chunk(fd) or b""):
@@ -450,7 +469,7 @@ class Engine:
     # -------------------------------------------------------------- dispatching
     def _dispatch(self) -> None:
         self.dirty = False
-        if self.halted or self.stopping or not self.pending:
+        if self.halted or self.stopping or not self.pending or not self._fds_allow(self.fd_wait):
             return
         try:
             launch, later = self.scheduler.launchable(self.pending, self.workers, self.recent)
@@ -460,19 +479,87 @@ class Engine:
             return
         if later is not self.pending:
             self.pending = later if isinstance(later, list) else list(later)
+        self.fd_wait = 1
         for position, instructions in enumerate(launch):
             if self.stopping:  # starting one failed the run: the rest stays pending
-                for back in reversed(launch[position:]):
-                    self.pending.insert(0, back)  # a scheduler's queue takes insert(0, x)
+                self._put_back(launch[position:])
                 break
-            self._start(instructions)
+            if not self._fds_allow(1):  # the boss's descriptors run short: the rest waits for some
+                self._fds_short(len(launch) - position)
+                self._put_back(launch[position:])
+                break
+            if not self._start(instructions):  # not now (see _not_now): it and the rest wait
+                self._put_back(launch[position:])
+                break
         if not self.workers and self.pending and not launch:
             self._fail_run(CapacityError(
                 f"the scheduler {type(self.scheduler).__name__} starts none of the {len(self.pending)} "
                 "pending instructions although no worker runs, so they could never start; first one: "
                 f"{dict(self.pending[0])}"))
 
-    def _start(self, instructions: Dict[str, Any]) -> None:
+    def _put_back(self, launch: List[Dict[str, Any]]) -> None:
+        """Put instructions the scheduler chose back at the front of the queue, in their order."""
+        if isinstance(self.pending, list):
+            self.pending[:0] = launch
+        else:
+            for back in reversed(launch):
+                self.pending.insert(0, back)  # a scheduler's queue takes insert(0, x)
+
+    def _fds_allow(self, count: int) -> bool:
+        """Whether ``count`` more workers may start, as far as the boss's descriptors go.
+
+        Always true when the boss holds none for workers: no end would free one
+        to wait for (a start that then fails says why, see :meth:`_not_now`).
+        """
+        if self.launcher.fds_held == 0:
+            return True
+        return not self.not_now and self.launcher.fd_room() >= count
+
+    def _fds_short(self, backlog: int) -> None:
+        """The scheduler chose more workers than the boss has descriptors for: say so, once.
+
+        A scheduler that chose many more (a laxist one over a long queue) is
+        asked again only once a batch of workers ended, not at every end: each
+        call hands it the whole queue.
+        """
+        batch = max(1, self.launcher.fd_budget // 8)
+        self.fd_wait = batch if backlog > batch else 1
+        if "fds" not in self.warned:
+            self.warned.add("fds")
+            launcher = self.launcher
+            limits_log.warning("the boss's open-file limit (RLIMIT_NOFILE, %d) holds this run to about %d workers "
+                               "at once, fewer than its scheduler %s would start: the others wait for a free slot. "
+                               "Raise the limit (ulimit -n) to run more at once.", launcher.fd_limit,
+                               launcher.fd_budget - 1, type(self.scheduler).__name__)
+
+    def _not_now(self, instructions: Dict[str, Any], why: str) -> bool:
+        """A worker could not start for want of a descriptor or a process (``why``).
+
+        If others run, their ends free what was short: these instructions go
+        back to the queue (returns False) and no start is tried again before
+        one ends.  If none runs, waiting would never end: the worker fails,
+        saying why (returns True).
+        """
+        if self.workers or self.by_pid:
+            self._wait_for_an_end(why)
+            return False
+        worker = RunningWorker(instructions, None, None)
+        self.workers[worker.name] = worker
+        self._lost(worker, _alone_not_now(why))
+        return True
+
+    def _wait_for_an_end(self, why: str) -> None:
+        """Start nothing before a running worker ends (a start lacked what ``why`` says); say so, once."""
+        self.not_now = True
+        if "not now" not in self.warned:
+            self.warned.add("not now")
+            limits_log.warning("a worker could not be started (%s) while %d others run: the next ones wait for "
+                               "running workers to end. Raise the limits of the job (ulimit -n for descriptors, "
+                               "ulimit -u for processes) to run more at once.", why,
+                               len(self.workers) + len(self.by_pid))
+
+    def _start(self, instructions: Dict[str, Any]) -> bool:
+        """Start a worker for ``instructions``; False: not now, they go back to the queue (see _not_now)."""
         if not isinstance(instructions, Instructions) or instructions.worker_class is None:
             # A custom scheduler built new dicts: choose their class here.
             try:
@@ -480,8 +567,13 @@ class Engine:
                                           taken=set(self.workers))
             except TaylorError as exc:
                 self._fail_run(exc)
-                return
-        pid, token, fd, direct = self.launcher.start(instructions.worker_class, instructions.attributes({}))
+                return True
+        try:
+            pid, token, fd, direct = self.launcher.start(instructions.worker_class, instructions.attributes({}))
+        except OSError as exc:
+            if exc.errno not in NOT_NOW:
+                raise
+            return self._not_now(instructions, exc.strerror or os.strerror(exc.errno))
         worker = RunningWorker(instructions, pid, fd, direct)
         self.workers[worker.name] = worker
         if pid is None:
@@ -496,6 +588,7 @@ class Engine:
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
         if timeout is not None:
             self._at(timeout, self._on_timeout, worker)
+        return True
 
     def _started(self, worker: RunningWorker, pid: int) -> None:
         worker.pid = pid
@@ -533,7 +626,7 @@ class Engine:
         if worker.channel_open:
             worker.channel_open = False
             self.poller.unregister(worker.fd)
-            os.close(worker.fd)
+            self.launcher.close_channel(worker.fd)
 
     def _on_wakeup(self, fd: int, mask: int) -> None:
         signals = set()
@@ -548,6 +641,7 @@ class Engine:
                                          signum=signal.SIGTERM)
             self.stopping = "signal"
             self._stop_workers("signal")
+            self._tell_aborting({"error": self.error})
         self._reap()
 
     def _reap(self) -> None:
@@ -595,8 +689,23 @@ class Engine:
             else:
                 why = os.strerror(second) if second else "the spawner could not read its instructions"
                 worker = self.asked.pop(first, None)
-                if worker is not None:
-                    self._lost(worker, f"could not be started ({why})")
+                if worker is not None and not (second in NOT_NOW and self._refused_not_now(worker, why)):
+                    self._lost(worker, worker.lost or f"could not be started ({why})")
+
+    def _refused_not_now(self, worker: RunningWorker, why: str) -> bool:
+        """The spawner could not fork ``worker`` for want of a process or descriptor: put its
+        instructions back to wait for a free slot (True), if others run (see :meth:`_not_now`)."""
+        if self.stopping is None:
+            if len(self.workers) <= 1 and not self.by_pid:
+                worker.lost = _alone_not_now(why)
+                return False
+            self._wait_for_an_end(why)
+        del self.workers[worker.name]
+        self._close_channel(worker)
+        worker.finished = True  # its deadlines are void; it never ran
+        self._put_back([worker.instructions])  # stopping: listed as never started
+        self.dirty = True
+        return True
 
     def _close_spawner(self) -> None:
         """End the spawner (the run is over, it died, or it stopped answering): the workers it
@@ -628,11 +737,12 @@ class Engine:
                               "started again, so that it cannot run twice" if unknown else
                               "could not be started: the spawner process died while it may have been forking "
                               "this worker, which is not started again so that it cannot run twice")
-        for _, worker in reversed(asked):  # never forked: pending again, in their order
+        for _, worker in asked:  # never forked: pending again, in their order
             self._close_channel(worker)
             worker.finished = True  # its deadlines lapse
             self.workers.pop(worker.name, None)
-            self.pending.insert(0, worker.instructions)
+        if asked:
+            self._put_back([worker.instructions for _, worker in asked])
             self.dirty = True
 
     def _expect_spawner(self, short: bool = False) -> None:
@@ -701,6 +811,7 @@ class Engine:
         if worker.direct is not None:
             exitcode = self._direct_end(worker, exitcode)
         worker.finished = True
+        self.not_now = False  # what a start lacked, this end may have freed
         self.workers.pop(worker.name, None)
         if worker.pid is not None:
             LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)  # strays left in its group
@@ -738,18 +849,34 @@ class Engine:
         else:
             partly = " (it died while sending its report)" if worker.decoder.partial else ""
             failed = WorkerDiedError, f"ended without reporting: {describe_exit(exitcode)}{partly}"
+        hooks = worker.instructions.get("scheduler_hooks")
+        if hooks:  # its memory may have been limited (a memory scheduler's enforce=True): was that its end?
+            over = _memory_over(hooks, worker, outcome[1] if kind == RAISED else None)
+            if over is not None and kind != OK and not worker.stop_requested:
+                failed = MemoryLimitError, over
+        packed = None
+        if failed is None and kind in (OK, RAISED):
+            try:
+                packed = wire.pack_report(entry["report"])
+            except Exception as exc:  # noqa: BLE001 - its __reduce__ (or a part's) fails here
+                failed = ReportError, (f"sent a report the boss could read but not pickle again for the caller "
+                                       f"({type(exc).__name__}: {exc})")
         if failed is not None:
             cls, what = failed
             plain = {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"}
             entry.update(status=FAILED, report=cls(
                 worker_failure_message(what, worker.name, plain, worker.pid),
                 worker=worker.name, pid=worker.pid, instructions=plain, exitcode=exitcode))
+            packed = None
         self.counts[entry["status"]] += 1
         self.recent.append(entry)
         self._log(entry)
         # The caller has the instructions already: the entry goes back without them.
+        # ...and its report pickled apart, so that a report the caller cannot unpickle is that
+        # worker's failure there, not a message lost with the others that came with it.
         sent = dict(entry)
         del sent["instructions"]
+        sent["report"] = packed if packed is not None else _pack_own(entry["report"])
         ticket = worker.instructions.get("scheduler_ticket")
         if ticket is not None:
             sent["scheduler_ticket"] = ticket
@@ -760,6 +887,7 @@ class Engine:
             self.failure = entry
             self.stopping = "abort"
             self._stop_workers("abort")
+            self._tell_aborting({"failure": entry["name"]})
 
     def _direct_end(self, worker: RunningWorker, exitcode: int) -> int:
         """Make the outcome of a direct run, as its worker process would have sent it; return the
@@ -780,7 +908,7 @@ class Engine:
 
     def _log(self, entry: Dict[str, Any]) -> None:
         if entry["status"] == FAILED:
-            log.error("worker %s failed: %s", entry["name"], entry["report"])
+            log.error("%s", _failure_text(entry))
         elif self.options.verbose:
             text = repr(entry["report"])
             if len(text) > self.options.maxlenreport:
@@ -793,6 +921,20 @@ class Engine:
             self.error = error
         self.stopping = "error"
         self._stop_workers("error")
+        self._tell_aborting({"error": self.error})
+
+    def _tell_aborting(self, news: Dict[str, Any]) -> None:
+        """Tell the caller at once that the run is ending on its own (a worker's failure under
+        on_error='abort', a failure of the run, SIGTERM), before the final report, which
+        waits for the running workers to stop: every call of the caller raises from then on
+        rather than queue work that will never run."""
+        if self.told_aborting:
+            return
+        self.told_aborting = True
+        try:
+            self._send(("aborting", news))
+        except Exception:  # noqa: BLE001 - an error that does not pickle: the final report will say
+            self._send(("aborting", {}))
 
     # ------------------------------------------------------- stopping, deadlines
     def _stop_workers(self, why: str) -> None:
@@ -859,6 +1001,66 @@ class Engine:
         while self.deadlines and self.deadlines[0][0] <= now:
             _, _, action, worker = heapq.heappop(self.deadlines)
             action(worker)
+
+
+def _memory_over(hooks: Any, worker: RunningWorker, raised: Optional[BaseException]) -> Optional[str]:
+    """How ``worker`` exceeded its memory limit, if one of its ``hooks`` limited it and that ended it."""
+    for hook in hooks:
+        if isinstance(hook, LimitMemory):
+            return hook.ended(worker, worker.pid, raised)
+    return None
+
+
+def _alone_not_now(why: str) -> str:
+    return (f"could not be started ({why}) although no other worker of this run was running; raise the "
+            "limits of the job (ulimit -n for descriptors, ulimit -u for processes)")
+
+
+class _SetAside:
+    """Stands for the poller once the loop has failed: descriptors are only dropped from then on."""
+
+    def fileno(self) -> None:
+        return None
+
+    def register(self, fd: int, callback: Any, events: int = READ) -> None:
+        pass
+
+    def modify(self, fd: int, events: int) -> None:
+        pass
+
+    def unregister(self, fd: int) -> None:
+        pass
+
+
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = 300
+_brief.maxlist = _brief.maxtuple = _brief.maxset = _brief.maxdict = 30
+
+
+def _failure_text(entry: Dict[str, Any]) -> str:
+    """What the log says of a failed worker, as it fails: who, what, its instructions one per
+    line (each value cut short, never fully rendered if huge), and the worker's traceback."""
+    error = entry["report"]
+    what = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else repr(error)
+    pid = f" (pid {entry['pid']})" if entry.get("pid") else ""
+    lines = [f"worker {entry['name']!r}{pid} failed: {what}", "its instructions:"]
+    for key, value in entry["instructions"].items():
+        if key == "scheduler_hooks":
+            continue
+        text = _brief.repr(value)
+        lines.append(f"    {key} = {text if len(text) <= 300 else text[:297] + '...'}")
+    if entry.get("traceback"):
+        lines.append(entry["traceback"].rstrip("\n"))
+    return "\n".join(lines)
+
+
+def _pack_own(report: Any) -> bytes:
+    """What the boss made a worker's report (None, or a failure), pickled for the caller; plainly
+    should the failure's instructions not pickle."""
+    try:
+        return wire.pack_report(report)
+    except Exception as exc:  # noqa: BLE001 - an instruction value that pickles only in the caller
+        return wire.pack_report(TaylorError(f"{report} (its details could not be pickled: {type(exc).__name__})"))
 
 
 def _note_signal(signum: int, frame: Any) -> None:

@@ -1,6 +1,8 @@
 """One small hierarchy of errors, each saying what happened to whom.
 
-Every error raised by taylor derives from :class:`TaylorError`.  Errors about the
+Every error raised by taylor derives from :class:`TaylorError`, except
+:class:`Interrupted` (a signal ended the run), which derives from
+``BaseException`` as ``KeyboardInterrupt`` does.  Errors about the
 caller's input also derive from :class:`ValueError` so that code written for the
 original system (which raised ``ValueError``/``AssertionError``) keeps catching
 them.  All of them pickle, since most are built in the boss process and travel
@@ -22,6 +24,7 @@ __all__ = [
     "WorkerError",
     "WorkerDiedError",
     "WorkerTimeoutError",
+    "MemoryLimitError",
     "ReportError",
     "RemoteTraceback",
     "Interrupted",
@@ -33,8 +36,17 @@ def _short(instructions: Optional[Mapping[str, Any]], limit: int = 300) -> str:
     """A one-line, bounded rendering of instructions for error messages."""
     if instructions is None:
         return "{}"
-    text = "{" + ", ".join(f"{k}={v!r}" for k, v in instructions.items()) + "}"
+    text = "{" + ", ".join(f"{k}={_safe_repr(v)}" for k, v in instructions.items()) + "}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe_repr(value: Any) -> str:
+    """``repr(value)``, or a placeholder when it fails (nested too deeply, a broken ``__repr__``):
+    an error message must never raise in turn."""
+    try:
+        return repr(value)
+    except Exception as exc:  # noqa: BLE001 - any failure of a user's __repr__
+        return f"<{type(value).__name__} that cannot be printed: {type(exc).__name__}>"
 
 
 def describe_exit(status: int) -> str:
@@ -114,16 +126,39 @@ class WorkerTimeoutError(WorkerError, TimeoutError):
     """A worker ran longer than its ``timeout`` and was terminated."""
 
 
+class MemoryLimitError(WorkerError, MemoryError):
+    """A worker exceeded the memory it declared, under a memory scheduler with ``enforce=True``
+    (see :mod:`taylor.schedulers.memory_limit`); the message says how much it declared."""
+
+
 class ReportError(WorkerError):
     """A worker's report could not be sent back (unpicklable or too large)."""
 
 
-class Interrupted(TaylorError):
-    """The caller received SIGTERM (or SIGINT outside Python's KeyboardInterrupt).
+class Interrupted(BaseException):
+    """SIGTERM (what batch systems send before a kill) stopped the run.
 
-    ``signum`` is the signal; the workers were stopped and ``report`` holds
-    what had finished.
+    Raised in the caller when it receives SIGTERM while waiting on a run,
+    and when the boss process itself received it (a batch system signals
+    every process of the job).  ``signum`` is the signal; the workers were
+    stopped and ``report`` holds what had finished and what never started.
+
+    Like ``KeyboardInterrupt`` and ``SystemExit`` it derives from
+    ``BaseException``, not ``Exception`` (nor :class:`TaylorError`): a
+    program's ``except Exception:`` around a batch, meant for the work's own
+    errors, does not swallow it, and the program ends as the batch system
+    asked.  Catch it by name to clean up, then re-raise.
     """
+
+    def __init__(self, message: str = "", signum: Optional[int] = None, **attributes: Any) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.report: Optional[dict] = None
+        for key, value in attributes.items():
+            setattr(self, key, value)
+
+    def __reduce__(self):
+        return (type(self), self.args, self.__dict__)
 
 
 class RemoteTraceback(Exception):

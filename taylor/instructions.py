@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Set as AbstractSet
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import footprints
 
-from .errors import InstructionsError, NoWorkerFitError, _short
+from . import checks
+from .errors import InstructionsError, NoWorkerFitError, _safe_repr, _short
 
 __all__ = ["Instructions", "expand", "resolve", "worker_classes"]
 
@@ -97,8 +99,18 @@ def expand(common: Optional[Mapping[str, Any]], individual: Optional[Mapping[str
     """Merge ``common`` with each row of ``individual`` (equal-length lists).
 
     A key present in both takes its individual value.  With no individual
-    instructions there is nothing to run and the result is empty.
+    instructions there is nothing to run and the result is empty.  Both must
+    be mappings (or None); each individual value must be an ordered sized
+    collection (list, tuple, range, array...): not a set or a mapping (their
+    order is not the caller's), and not a string or bytes (one value, not a
+    list of characters: give ``[value]`` for one worker, or put it in
+    ``common`` for all).
     """
+    for what, given in (("common", common), ("individual", individual)):
+        if given is not None and not isinstance(given, Mapping):
+            raise InstructionsError(
+                f"{what} instructions must be a mapping (a dict of key: value) or None, "
+                f"got {type(given).__name__} {_short_repr(given)}")
     common = dict(common or {})
     individual = dict(individual or {})
     for key in list(common) + list(individual):
@@ -106,14 +118,18 @@ def expand(common: Optional[Mapping[str, Any]], individual: Optional[Mapping[str
             raise InstructionsError(f"instruction keys must be strings, got {key!r}")
     lengths = {}
     for key, values in individual.items():
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        length = _column_length(values)
+        if length is None:
             raise InstructionsError(
                 f"individual instruction {key!r} must be a list of values (one per worker), "
-                f"got {type(values).__name__} {_short({key: values}, 80)}")
-        lengths[key] = len(values)
+                f"got {type(values).__name__} {_short({key: values}, 80)}{_column_hint(values)}")
+        lengths[key] = length
     if len(set(lengths.values())) > 1:
+        first = next(iter(lengths))
+        odd = next(k for k, n in lengths.items() if n != lengths[first])
         detail = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-        raise InstructionsError(f"individual instructions must all have the same length; got {detail}")
+        raise InstructionsError(f"individual instructions must all have the same length; got {detail}: "
+                                f"{odd!r} has {lengths[odd]} values where {first!r} has {lengths[first]}")
     count = next(iter(lengths.values()), 0)
     columns = [(key, list(values)) for key, values in individual.items()]
     rows = []
@@ -123,6 +139,49 @@ def expand(common: Optional[Mapping[str, Any]], individual: Optional[Mapping[str
             row[key] = values[i]
         rows.append(row)
     return rows
+
+
+def _column_length(values: Any) -> Optional[int]:
+    """How many workers an individual value list makes, or None when it is no such list."""
+    if isinstance(values, (str, bytes, bytearray, memoryview, AbstractSet, Mapping)) \
+            or not hasattr(values, "__iter__"):
+        return None
+    try:
+        return len(values)
+    except TypeError:  # no __len__, or a 0-d array
+        return None
+
+
+def _column_hint(values: Any) -> str:
+    if isinstance(values, (str, bytes, bytearray)):
+        return ": a string is one value, not a list (give [value] for one worker, or put it in common)"
+    if isinstance(values, (AbstractSet, Mapping)):
+        return ": sets and mappings have no order of their own (give a list, e.g. sorted(...))"
+    return ""
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = _safe_repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _too_deep(row: Mapping[str, Any]) -> Optional[str]:
+    """The key of ``row`` whose value is nested too deeply to be printed or pickled, if any."""
+    for key, value in row.items():
+        try:
+            repr(value)
+        except RecursionError:
+            return key
+        except Exception:  # noqa: BLE001 - another failure: not a matter of depth
+            pass
+    return None
+
+
+def _refuse_deep(key: str, row: Mapping[str, Any], error: BaseException) -> InstructionsError:
+    return InstructionsError(
+        f"instruction {key!r} is nested too deeply ({type(error).__name__}: {error}): taylor prints, "
+        "checks and pickles instructions, which Python does recursively; flatten the structure, or give "
+        "a path to a file that holds it", instructions={k: v for k, v in row.items() if k != key})
 
 
 def worker_classes() -> List[type]:
@@ -173,6 +232,9 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
         try:
             fit = _best_fit(collector, description)
         except Exception as exc:  # noqa: BLE001 - footprints trips on some values (e.g. arrays)
+            deep = _too_deep(description) if isinstance(exc, RecursionError) else None
+            if deep is not None:
+                raise _refuse_deep(deep, description, exc) from None
             raise InstructionsError(
                 f"footprints could not examine the instructions {_short(row)}: {type(exc).__name__}: {exc}. "
                 "Large arrays belong in sharedmemory_common_instructions (see taylor.util.SharedNumpyArray)",
@@ -207,6 +269,7 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
         instructions.worker_class = cls
         instructions.defaults = {k: v for k, v in resolved.items() if k not in row and k not in shared
                                  and k != "name"}
+        _check_numbers(name, resolved, row)
         instructions.memory = float(resolved.get("memory") or 0.0)
         instructions.expected_time = float(resolved.get("expected_time") or 0.0)
         timeout = resolved.get("timeout")
@@ -214,3 +277,20 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
         result.append(instructions)
     taken.update(new_names)
     return result
+
+
+def _check_numbers(name: str, resolved: Mapping[str, Any], row: Mapping[str, Any]) -> None:
+    """Refuse, naming the worker, the ``memory``, ``expected_time``, ``timeout`` and
+    ``scheduler_hooks`` the boss could not act on (see :mod:`taylor.checks`)."""
+    memory, expected, timeout = resolved.get("memory"), resolved.get("expected_time"), resolved.get("timeout")
+    why = ((memory is not None and checks.amount(memory, "memory", "MiB"))
+           or (expected is not None and checks.amount(expected, "expected_time", "seconds"))
+           or (timeout is not None and checks.seconds(timeout, "timeout")))
+    hooks = resolved.get("scheduler_hooks")
+    if not why and hooks:
+        odd = [hook for hook in hooks if not callable(hook)]
+        if odd:
+            why = f"scheduler_hooks must be callables run as hook(worker), got {_short_repr(odd[0])}"
+    if why:
+        raise InstructionsError(f"worker {name!r}: {why}; its instructions were {_short(row)}",
+                                instructions=dict(row))

@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Set, TextIO, Tuple
 
 from .report import to_jsonable
 
-__all__ = ["row_key", "Journal", "read_done", "error_details"]
+__all__ = ["row_key", "Journal", "JournalError", "read_done", "error_details"]
 
 
 def row_key(row: Mapping[str, Any]) -> str:
@@ -24,20 +24,36 @@ def row_key(row: Mapping[str, Any]) -> str:
     return json.dumps(to_jsonable(dict(row)), sort_keys=True, separators=(",", ":"))
 
 
+class JournalError(ValueError):
+    """A journal that cannot be read as one (not UTF-8 text): resuming from it would guess."""
+
+
 def read_done(path: str) -> Tuple[Set[str], int]:
     """Keys of the instruction sets the journal at ``path`` records as done, and how many lines were unreadable.
 
     A missing journal records nothing.  A line cut short by a kill (the last
-    one) is unreadable and ignored: its instruction set runs again.
+    one) is unreadable and ignored: its instruction set runs again.  A whole
+    line that is not UTF-8 was not written by taylor: :class:`JournalError`
+    names the file and the line.
     """
     done: Set[str] = set()
     bad = 0
     try:
-        stream = open(path, encoding="utf-8")
+        stream = open(path, "rb")
     except FileNotFoundError:
         return done, 0
     with stream:
-        for line in stream:
+        for number, raw in enumerate(stream, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                if not raw.endswith(b"\n") and exc.reason == "unexpected end of data":
+                    bad += 1  # the last line, cut by a kill inside a character
+                    continue
+                raise JournalError(
+                    f"the journal {path} is not a taylor journal, or was damaged: line {number} is not UTF-8 text "
+                    f"(byte {exc.start + 1}: {raw[exc.start:exc.start + 1]!r}); give --journal the journal of "
+                    "the run to resume, or remove that line") from None
             if not line.strip():
                 continue
             try:

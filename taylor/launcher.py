@@ -11,6 +11,7 @@ launcher for another engine (a cluster) would offer the same few calls.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -23,7 +24,7 @@ from .worker import DirectSpec, direct_capable, direct_outcome, instantiate, pre
 if TYPE_CHECKING:
     import psutil
 
-__all__ = ["LocalProcesses", "Started", "spawn"]
+__all__ = ["FD_MARGIN", "LocalProcesses", "NOT_NOW", "Started", "spawn"]
 
 #: What starting a worker gives: (pid, spawner token, report fd, direct spec); see LocalProcesses.start.
 Started = Tuple[Optional[int], Optional[int], Optional[int], Optional[DirectSpec]]
@@ -56,24 +57,27 @@ def spawn(argvs: List[List[str]], out: int, err: int, env: Mapping[Any, Any], **
     raise ValueError("nothing to run")
 
 
-def _spare_fds() -> int:
-    """How many more descriptors this process may open (a guess where it cannot tell).
-
-    A direct task holds two in the boss (its stdout and stderr) where a
-    worker process holds one (its report channel): direct tasks may use half
-    of what is spare, so that many running tasks fall back to worker
-    processes rather than exhaust the boss's descriptors.
-    """
+def _fd_usage() -> Tuple[int, int]:
+    """(RLIMIT_NOFILE's soft limit, descriptors open now) of this process; a guess where it cannot tell."""
     try:
         import resource
 
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         used = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
     except (ImportError, OSError, ValueError):
-        return 256
+        return 256 + FD_MARGIN, 0
     if limit == resource.RLIM_INFINITY:
         limit = 1 << 20
-    return max(0, limit - used)
+    return limit, used
+
+
+#: Descriptors the boss keeps for itself beyond those open when it starts its first worker: the
+#: look-ups of /proc (stopping workers lists the process table), a log file, a library's own.
+FD_MARGIN = 16
+
+#: Errors that say "not now" when starting a worker: no descriptor (for this process, or the system)
+#: for its report pipe, or no process to spare for its fork.  Running workers free them as they end.
+NOT_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN})
 
 
 class LocalProcesses:
@@ -94,12 +98,39 @@ class LocalProcesses:
         self._shared = dict(shared or {})
         # The caller's SIGPIPE, for the workers: the boss ignores SIGPIPE.
         self._handlers = worker_handlers(_signal.getsignal(signal.SIGPIPE))
+        self.fds_held = 0  # descriptors the boss holds for running workers: report channels, direct tasks' files
         self._direct_fds = 0
-        self._fd_budget = _spare_fds() // 2
+        self._measure_fds()
         self.spawner: Optional[Spawner] = None
+
+    def _measure_fds(self) -> None:
+        """Set the descriptor budget of the workers from what this process has and uses now.
+
+        Each running worker process costs the boss one descriptor (its report
+        channel's read end), a direct task two (its stdout and stderr); starting
+        one costs a second one a moment (the pipe's write end, sent to the
+        spawner or kept across the boss's own fork, then closed).  Requests in
+        flight to the spawner carry that write end, each for a worker whose read
+        end is counted, so they stay within the budget too.  The caller holds
+        nothing per worker.  Direct tasks may take half of the budget, so that
+        many running tasks fall back to worker processes (one descriptor each).
+        """
+        self.fd_limit, used = _fd_usage()
+        self.fd_budget = max(0, self.fd_limit - (used - self.fds_held) - FD_MARGIN)
+        self._direct_budget = self.fd_budget // 2
+
+    def fd_room(self) -> int:
+        """How many more worker processes the boss's descriptors allow now (see :meth:`_measure_fds`)."""
+        return self.fd_budget - self.fds_held - 1
 
     def open(self) -> Optional[int]:
         """Start the spawner; the descriptor to watch for its news, None without one."""
+        try:
+            return self._open()
+        finally:
+            self._measure_fds()  # the boss is set up: what it uses from now on is its own
+
+    def _open(self) -> Optional[int]:
         if os.environ.get("TAYLOR_SPAWNER", "1") == "0":  # the boss forks every worker itself
             return None
         self.spawner = Spawner.start(self._private_fds(), self._shared, self._max_report_bytes, self._handlers)
@@ -115,8 +146,11 @@ class LocalProcesses:
         the boss spawns that program itself and returns (its pid, None, None,
         the spec): no Python process, no report channel; the report is made at
         its end by :meth:`direct_outcome`.
+
+        An :class:`OSError` whose errno is in :data:`NOT_NOW` means that the
+        boss has no descriptor or process to spare now: nothing was started.
         """
-        if direct_capable(cls) and self._direct_fds + 2 <= self._fd_budget:
+        if direct_capable(cls) and self._direct_fds + 2 <= self._direct_budget:
             spec = self._start_direct(cls, {**attributes, **self._shared})
             if spec is not None:
                 return spec.pid, None, None, spec
@@ -134,7 +168,13 @@ class LocalProcesses:
         finally:
             os.close(write_fd)
         os.set_blocking(read_fd, False)
+        self.fds_held += 1
         return pid, token, read_fd, None
+
+    def close_channel(self, fd: int) -> None:
+        """Close a worker's report channel (the read end :meth:`start` returned)."""
+        self.fds_held -= 1
+        os.close(fd)
 
     def news(self) -> List[News]:
         """What the spawner said since the last call (see :mod:`taylor.spawner`)."""
@@ -177,6 +217,7 @@ class LocalProcesses:
             return None
         spec.worker = worker
         self._direct_fds += len(spec.fds)
+        self.fds_held += len(spec.fds)
         # posix_spawn keeps inheritable descriptors: those of the boss must not reach the program.
         closes = []
         for fd in self._private_fds():
@@ -201,6 +242,7 @@ class LocalProcesses:
         """Close what a direct task held in the boss."""
         fds = spec.fds
         self._direct_fds -= len(fds)
+        self.fds_held -= len(fds)
         for fd in fds:
             try:
                 os.close(fd)

@@ -16,7 +16,7 @@ import struct
 from collections import deque
 from typing import Any, Deque, List, Optional
 
-__all__ = ["encode", "Decoder", "Outbox", "write_all", "MessageTooLarge", "read_chunk", "Undecodable"]
+__all__ = ["encode", "Decoder", "Outbox", "write_all", "MessageTooLarge", "read_chunk", "Undecodable", "pack_report"]
 
 _HEADER = struct.Struct("!Q")
 _CHUNK = 1 << 20
@@ -37,6 +37,19 @@ def encode(obj: Any, limit: int = 0) -> bytes:
     if limit and len(data) > limit:
         raise MessageTooLarge(len(data), limit)
     return _HEADER.pack(len(data)) + data
+
+
+_NONE = pickle.dumps(None, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def pack_report(obj: Any) -> bytes:
+    """A worker's report pickled on its own, to travel inside an entry message.
+
+    Its reader unpickles it apart from the message (``pickle.loads``), so a
+    report it cannot load fails that worker's entry alone.  ``None`` (tasks
+    that write their results themselves) costs nothing.
+    """
+    return _NONE if obj is None else pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class Undecodable:

@@ -45,7 +45,8 @@ class Worker(FootprintBase):
     * ``scheduler_ticket``: the slot the scheduler gave this worker (a CPU
       index for binding schedulers).
     * ``scheduler_hooks``: callables ``hook(worker)`` run in the worker's
-      process before the task.
+      process before the task: the scheduler's own (CPU binding), then
+      those the instructions give.
     """
 
     _abstract = True

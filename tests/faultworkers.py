@@ -7,6 +7,7 @@ scripts run by the caller-side tests import this module too.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import json
 import os
 import resource
@@ -56,6 +57,7 @@ class Crasher(Worker):
     ))
 
     def _task(self):
+        faulthandler.disable()  # its crashes and signals are deliberate: no dump from pytest's handler
         crash = self.crash
         if self.ignore_term or crash == "stubborn":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)

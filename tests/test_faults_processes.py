@@ -27,7 +27,7 @@ from processes import kill as _kill
 from processes import workers_of
 
 import taylor
-from taylor import Boss, run_as_server
+from taylor import Boss, run_as_server, wire
 from taylor.schedulers import LaxistScheduler, MaxThreadsScheduler
 
 pytestmark = pytest.mark.timeout(40)
@@ -269,7 +269,10 @@ def test_boss_ending_while_caller_sends_a_large_batch_does_not_deadlock():
         # name, more than the socket holds); meanwhile this caller sends ~3 MB of instructions.
         _until(lambda: _children(boss.pid) == [], what="the abort")
         time.sleep(0.3)
-        boss.set_instructions(dict(noop=True), dict(payload=payloads[::-1]))
+        # set_instructions would raise now (the abort is on its way): what it sends when its
+        # batch crosses the abort is sent as it would, unread news notwithstanding.
+        batch = [dict(noop=True, payload=p, name=f"late-{i}") for i, p in enumerate(payloads[::-1])]
+        boss._sock.sendall(wire.encode(("instructions", batch)))
         with pytest.raises(taylor.WorkerDiedError) as info:
             boss.wait_till_finished()
         assert len(info.value.report["pending"]) == 3000

@@ -165,7 +165,7 @@ def test_the_spawner_ignores_sigterm_sent_to_the_boss_process_group():
             time.sleep(0.01)
         started = [spawner.pid] + [p.pid for p in spawner.children()]
         os.killpg(os.getpgid(boss.pid), signal.SIGTERM)
-        with pytest.raises(taylor.TaylorError, match="SIGTERM") as info:
+        with pytest.raises(taylor.Interrupted, match="SIGTERM") as info:
             boss.wait_till_finished()
         entries = info.value.report["workers_report"]
         assert [(e["status"], e["exitcode"]) for e in entries] == [("stopped", -signal.SIGTERM)] * 2

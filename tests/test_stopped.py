@@ -372,7 +372,7 @@ def test_close_kills_a_stopped_boss_after_its_grace_keeping_the_entries(monkeypa
             boss.get_report()
         report = info.value.report
         assert [(e["name"], e["status"]) for e in report.workers] == [("quick", "done")]
-        assert report["status"] == "stopped" and report["error"] is info.value
+        assert report["status"] == "stopped" and isinstance(report["error"], taylor.BossDiedError)
         assert not gone(_pids(started), 3), "the boss, its spawner or a worker survived"
     finally:
         _release(started)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import signal
 import time
@@ -38,6 +39,7 @@ class Faulty(Worker):
         if self.fault == "exit":
             os._exit(3)
         if self.fault == "segfault":
+            faulthandler.disable()  # the crash is deliberate: no C-level dump from pytest's handler
             ctypes.string_at(0)
         if self.fault == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)

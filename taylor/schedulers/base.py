@@ -132,7 +132,8 @@ class BaseScheduler(FootprintBase):
         return 0
 
     def _workers_hooks(self) -> List[Callable[[Any], None]]:
-        """Callables run as ``hook(worker)`` in each worker before its task."""
+        """Callables run as ``hook(worker)`` in each worker before its task (before those the
+        instructions give as ``scheduler_hooks``, which run too)."""
         return []
 
     def _assign_tickets(self, workers: Running, launchable: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -146,5 +147,7 @@ class BaseScheduler(FootprintBase):
         hooks = self._workers_hooks()
         for position, instructions in enumerate(launchable):
             instructions["scheduler_ticket"] = free[position] if position < len(free) else None
-            instructions["scheduler_hooks"] = hooks
+            given = instructions.get("scheduler_hooks")
+            # Hooks the caller gave run too, after the scheduler's own (a bound worker runs them bound).
+            instructions["scheduler_hooks"] = [*hooks, *(h for h in given if h not in hooks)] if given else hooks
         return launchable

@@ -4,17 +4,19 @@ Instructions declare ``memory`` (MiB); one that declares none counts as
 ``memory_per_task``.  Pending instructions are considered in arrival order and
 every one that fits starts (a large one waiting for room does not hold back
 smaller ones behind it).  With ``measured=True`` the host is asked too: see
-:meth:`MaxMemoryScheduler.measured_room`.
+:meth:`MaxMemoryScheduler.measured_room`.  With ``enforce=True`` each worker's
+processes are kept to that memory: see :mod:`.memory_limit`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import CapacityError, InstructionsError
 from .base import BaseScheduler, Decision, Pending, Running, give_back, memory_of, owns_queue, range_tickets
 from .host import MIB, available_memory, describe
+from .memory_limit import LimitMemory, cgroup_parent
 from .queues import FitQueue
 from .threads import BINDED_ATTR, BindingMixin
 
@@ -35,6 +37,9 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
       memory this job may use (:func:`taylor.schedulers.host.usable_memory`).
     * ``memory_per_task`` (MiB): what an instruction without ``memory`` counts for.
     * ``measured``: also require the host's measured free memory to cover it.
+    * ``enforce``: keep each worker's processes to the memory it counts for
+      (:mod:`.memory_limit`); one that exceeds it fails alone with a
+      :class:`~taylor.errors.MemoryLimitError`.
     * ``binded``: pin each worker to one CPU.
 
     An instruction needing more than ``max_memory`` alone is refused by
@@ -76,11 +81,20 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
                 default=False,
                 type=bool,
             ),
+            enforce=dict(
+                info="Keep each worker's processes to the memory it declares (memory_per_task if none), with "
+                     "cgroup v2 memory.max where the job's cgroup is delegated, else RLIMIT_AS: a worker "
+                     "exceeding it fails alone with a MemoryLimitError.",
+                optional=True,
+                default=False,
+                type=bool,
+            ),
             binded=BINDED_ATTR,
         ),
     )
 
     _default_limit = "memory"
+    _memory_hook: Optional[LimitMemory] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if not args:  # a plain-class call: MaxMemoryScheduler(max_memory=4096)
@@ -89,14 +103,14 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
         if not 0 < self.memory_max_percentage <= 1:
             raise InstructionsError(
                 f"memory_max_percentage must be in (0, 1], got {self.memory_max_percentage}")
-        if self.memory_per_task < 0:
+        if not self.memory_per_task >= 0:  # NaN too
             raise InstructionsError(f"memory_per_task must be 0 or more MiB, got {self.memory_per_task}")
         if self.max_memory is None:
             job, source = describe()["memory_mib"]
             self.max_memory = self.memory_max_percentage * job
             self.memory_source = f"{self.memory_max_percentage:g} x {job:.0f} MiB, the {source}"
         else:
-            if self.max_memory <= 0:
+            if not self.max_memory > 0:  # NaN too
                 raise InstructionsError(f"max_memory must be more than 0 MiB, got {self.max_memory}")
             self.memory_source = "max_memory given"
 
@@ -118,6 +132,16 @@ class MaxMemoryScheduler(BindingMixin, BaseScheduler):
 
     def _thread_room(self, workers: Running) -> float:
         return _INF
+
+    def _workers_hooks(self) -> List[Callable[[Any], None]]:
+        hooks = list(super()._workers_hooks())
+        if self.enforce:
+            if self._memory_hook is None:  # decided once, in the boss (where the hook is made)
+                parent, how = cgroup_parent()
+                log.info("declared memory is enforced: %s", how if parent else f"RLIMIT_AS ({how})")
+                self._memory_hook = LimitMemory(self.memory_per_task, parent)
+            hooks.append(self._memory_hook)
+        return hooks
 
     def validate(self, instructions: Sequence[Mapping[str, Any]]) -> None:
         for one in instructions:
