@@ -733,10 +733,10 @@ class Engine:
         self.asked.clear()
         if asked and unknown is not False:
             _, first = asked.pop(0)
-            self._lost(first, "was forked by the spawner process, which was killed before it said so; it is not "
-                              "started again, so that it cannot run twice" if unknown else
-                              "could not be started: the spawner process died while it may have been forking "
-                              "this worker, which is not started again so that it cannot run twice")
+            self._lost(first, "was killed with the spawner process that forked it, before the spawner said so; "
+                              "it is not started again, so that it cannot run twice" if unknown else
+                              "may have been killed with the spawner process, which died while it may have been "
+                              "forking it; it is not started again, so that it cannot run twice")
         for _, worker in asked:  # never forked: pending again, in their order
             self._close_channel(worker)
             worker.finished = True  # its deadlines lapse

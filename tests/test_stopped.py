@@ -282,7 +282,7 @@ def test_requests_a_killed_spawner_never_answered_run_once_or_fail_never_twice(t
         entries = {e["name"]: e for e in report.workers}
         first = entries[names[0]]
         assert first["status"] == "failed" and first["pid"] is None
-        assert "may have been forking this worker, which is not started again" in str(first["report"])
+        assert "died while it may have been forking it; it is not started again" in str(first["report"])
         assert [entries[n]["status"] for n in names[1:]] == ["done", "done"]
         lines = tally.read_text().split()
         assert sorted(lines[0::2]) == sorted(names[1:]) and set(lines[1::2]) == {str(boss.pid)}
