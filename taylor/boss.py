@@ -48,6 +48,9 @@ __all__ = ["Boss", "run_as_server", "batch_main"]
 _CHUNK_ROWS = 5000
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)  # a dead boss is an EPIPE, even if SIGPIPE kills by default
 _live_bosses: weakref.WeakSet[Boss] = weakref.WeakSet()
+#: Seconds, beyond its ``stop_grace``, the caller waits for a boss told to stop before it kills it:
+#: a boss that cannot run (stopped with SIGSTOP) must not hold the caller forever.
+ABORT_MARGIN = 10.0
 #: Seconds a call waits for the final report of an aborting boss beyond its ``stop_grace``.
 _FINAL_MARGIN = 5.0
 
@@ -70,7 +73,9 @@ class Boss:
         :meth:`send_signal`, :meth:`get_report`, :meth:`wait_till_finished`)
         raises the failure, with the final report as ``.report``.
     :param timeout: default ``timeout`` in seconds of workers that set none.
-    :param stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker.
+    :param stop_grace: seconds between SIGTERM and SIGKILL when stopping a worker; also the time
+        a worker has to exit once its report is in (at least 1 s), and, plus :data:`ABORT_MARGIN`,
+        how long the caller waits for a boss told to stop before killing it.
     :param max_report_bytes: largest pickled report a worker may send.
     :param max_instructions_bytes: largest pickled batch of instructions the
         caller may send at once.
@@ -183,14 +188,22 @@ class Boss:
         _live_bosses.discard(self)
 
     # ------------------------------------------------------------- the channel
-    def _send(self, kind: str, payload: Any, data: Optional[bytes] = None) -> None:
+    def _send(self, kind: str, payload: Any, data: Optional[bytes] = None, timeout: Optional[float] = None) -> None:
+        """Send a message; with ``timeout``, a boss that does not read it in time (stopped) has the
+        channel closed on it instead, which tells it to stop its workers too."""
         if self._final is not None or self._reaped:
             raise BossClosedError(f"the boss{self._label()} has ended its run; it takes no more {kind}")
         if self._broken:
             raise BossClosedError(f"the channel to the boss{self._label()} was closed by an interruption")
         data = data if data is not None else wire.encode((kind, payload))
         try:
+            if timeout is not None:
+                self._sock.settimeout(timeout)
             self._sock.sendall(data, _NOSIGNAL)
+        except TimeoutError:
+            self._broken = True
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._pump(lambda: False)  # the boss is gone: say how (raises)
         except BaseException:
@@ -200,6 +213,9 @@ class Boss:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_WR)
             raise
+        finally:
+            if timeout is not None:
+                self._sock.settimeout(None)
 
     def _handle(self, message: Any) -> None:
         kind, payload = message
@@ -516,10 +532,14 @@ class Boss:
             return
         if self._final is None:
             with contextlib.suppress(TaylorError):
-                self._send("signal", "STOP_RIGHTNOW")
+                self._send("signal", "STOP_RIGHTNOW", timeout=self._stop_limit())
         elif self._final.get("running"):  # the boss stopped listening but still runs workers
-            with contextlib.suppress(OSError):  # gone already: nothing left to stop
-                self._sock.sendall(wire.encode(("signal", "STOP_RIGHTNOW")), _NOSIGNAL)
+            with contextlib.suppress(OSError):  # gone already, or not reading (stopped): close() kills it
+                self._sock.settimeout(self._stop_limit())
+                try:
+                    self._sock.sendall(wire.encode(("signal", "STOP_RIGHTNOW")), _NOSIGNAL)
+                finally:
+                    self._sock.settimeout(None)
 
     def send_signal(self, name: str) -> None:
         """Send one of :attr:`control_signals` by name (``'HALT'``, ``'STOP'``...).
@@ -623,14 +643,57 @@ class Boss:
         return self._final
 
     def _abort(self) -> Report:
-        """Stop everything after an interruption; return what had finished."""
+        """Stop everything after an interruption; return what had finished.
+
+        Bounded: a boss that has not ended its run ``stop_grace`` plus
+        :data:`ABORT_MARGIN` seconds later (stopped with SIGSTOP, stuck) is
+        killed, and the report says so.
+        """
+        limit = self._stop_limit()
         self.stop_them_working()
         try:
-            self._pump(lambda: self._final is not None)
+            self._pump(lambda: self._final is not None, timeout=limit)
         except TaylorError:
             pass
-        self._reap()
+        if self._final is None and not self._reaped:
+            self._kill_stuck(limit)
+        self._reap_within(limit)
         return self._final if self._final is not None else self._report("stopped")
+
+    def _stop_limit(self) -> float:
+        return self._options.stop_grace + ABORT_MARGIN
+
+    def _reap_within(self, seconds: float) -> None:
+        """Reap the boss, which is ending; kill it if it has not ended ``seconds`` later."""
+        if self._reaped:
+            return
+        _wait([self._sentinel], seconds)
+        self._reap(block=False)
+        if not self._reaped:
+            self._kill_stuck(seconds)
+
+    def _kill_stuck(self, waited: float) -> None:
+        """Kill a boss that did not end within ``waited`` seconds of being told to: its spawner
+        and workers die with it (parent-death signals), the programs they started are ended
+        here; the entries received are kept, and the report says what happened."""
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(TaylorError):
+            while self._receive():  # what it had sent
+                pass
+        self._reap()
+        self._end_orphans()
+        if self._final is not None:  # its run was over: only its exit was missing
+            return
+        error = BossDiedError(
+            f"the boss process{self._label()} (pid {self.pid}) did not end its run within {waited:g} s of being "
+            "told to stop (stopped with SIGSTOP, or stuck), so it was killed, with its workers and the programs "
+            f"they started. The {len(self._entries)} entries received before are in this error's .report",
+            exitcode=self._exitcode)
+        report = self._report("stopped", error=error)
+        error.report = report
+        self._final = report
+        self._failure = error
 
     def close(self) -> None:
         """Stop the run if it still goes on, and reap the boss process."""
@@ -640,7 +703,7 @@ class Boss:
             self._abort()
         else:
             self.stop_them_working()  # workers the boss still runs after STOP_LISTENING
-        self._reap()
+        self._reap_within(self._stop_limit())
 
     def __enter__(self) -> Boss:
         return self
@@ -661,6 +724,7 @@ class Boss:
             if not self._reaped:
                 os.kill(self.pid, signal.SIGKILL)
                 self._reap()
+                self._end_orphans()
 
     def __repr__(self) -> str:
         state = "ended" if self._final is not None else "running"

@@ -4,8 +4,8 @@ The loop sleeps in a single ``epoll`` wait over the control channel (instruction
 and signals from the caller), every running worker's report channel, the
 spawner's socket (workers it forked, and reaped), a self-pipe woken by SIGCHLD
 and SIGTERM, and (where the kernel offers it) a pidfd of the caller.  Its only
-timeout is the nearest deadline (a worker's timeout, or the grace before a
-SIGKILL): an idle boss uses no CPU.
+timeout is the nearest deadline (a worker's timeout, the grace before a
+SIGKILL, the spawner's time to answer): an idle boss uses no CPU.
 
 Every worker ends in exactly one entry, built when its process is reaped (by
 the spawner, which says so, or by the boss): the report it sent, else the
@@ -74,6 +74,18 @@ REPORT_WINDOW = 1000
 #: Entries for the caller are sent together once this old (seconds) or this large (bytes).
 BATCH_DELAY = 0.005
 BATCH_BYTES = 1 << 16
+#: Seconds the spawner may stay silent while it owes the boss an answer (the pid of a worker it was
+#: asked to fork, the end of one the boss killed).  Past it, the boss takes it for stopped or stuck,
+#: kills it (its workers die with it) and forks workers itself.  Generous: a fork on a loaded machine
+#: may take a while, and a spawner wrongly given up on takes its running workers along.
+SPAWNER_DEADLINE = 30.0
+#: The same, once the boss has killed every worker to end the run: nothing is left to lose.
+SPAWNER_STOP_DEADLINE = 1.0
+#: A deadline met this late (seconds) means the boss itself was held up (stopped with its job,
+#: starved): the spawner, held up too, gets a new deadline rather than the blame.
+LATE = 1.0
+#: Least time (seconds) a worker has to exit once its report is in, whatever ``stop_grace``.
+EXIT_GRACE = 1.0
 
 
 class Options:
@@ -116,6 +128,7 @@ class RunningWorker:
         self.spawned = False  # forked by the spawner (it dies with it)
         self.lost: Optional[str] = None  # why it ended unseen (its spawner died)
         self.end_time: Optional[float] = None  # when its report was complete, if before its exit
+        self.killed = False  # the boss sent it SIGKILL
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -125,6 +138,17 @@ class RunningWorker:
 
     def __repr__(self) -> str:
         return f"<worker {self.name!r} pid={self.pid}>"
+
+
+class _SpawnerCheck:
+    """When the boss looks again whether its spawner answers (a deadline of the heap)."""
+
+    __slots__ = ("at", "limit", "finished")
+
+    def __init__(self, at: float, limit: float) -> None:
+        self.at = at
+        self.limit = limit
+        self.finished = False  # superseded: the heap may forget it
 
 
 class Engine:
@@ -166,6 +190,9 @@ class Engine:
         self.caller_lost = False
         self.launcher = LocalProcesses(self._private_fds, options.max_report_bytes, options.shared)
         self.spawner_fd: Optional[int] = None
+        self.spawner_heard = time.monotonic()  # when the spawner last said something
+        self.spawner_check: Optional[_SpawnerCheck] = None  # armed while it owes the boss an answer
+        self.killing = False  # every worker is being stopped: the run ends
         # The boss's descriptors bound how many workers run (see _fds_allow): once they ran short,
         # a dispatch waits for fd_wait of them to be free; after a "not now" (see _not_now), for an end.
         self.fd_wait = 1
@@ -552,6 +579,8 @@ class Engine:
         if pid is None:
             worker.spawned = True
             self.asked[token] = worker  # the spawner forks it: its pid comes as news
+            if self.spawner_check is None:
+                self._expect_spawner()
         else:
             self._started(worker, pid)
         if fd is not None:
@@ -568,8 +597,9 @@ class Engine:
         self._send(("started", (worker.name, pid)), urgent=False)
         if self.options.verbose:
             log.info("worker %s started (pid %d)", worker.name, pid)
-        if worker.stop_requested:  # asked to stop before its pid was known
+        if worker.stop_requested:  # asked to stop before its pid was known: its grace starts now
             LocalProcesses.signal(pid, signal.SIGTERM)
+            self._at(self.options.stop_grace, self._on_grace_over, worker)
 
     # ---------------------------------------------------------------- workers
     def _read_report(self, worker: RunningWorker) -> None:
@@ -585,6 +615,8 @@ class Engine:
                     worker.end_time = time.time()
                     self.workers.pop(worker.name, None)
                     self.dirty = True
+                if not worker.finished and worker.outcome is not None:  # only its os._exit is left to do
+                    self._at(max(self.options.stop_grace, EXIT_GRACE), self._on_exit_overdue, worker)
                 return
             for message in worker.decoder.feed(data):
                 if worker.outcome is None:
@@ -635,7 +667,15 @@ class Engine:
 
     def _spawner_news(self) -> None:
         """Act on the spawner's news: workers it forked, could not fork, or reaped."""
-        for kind, first, second in self.launcher.news():
+        news = self.launcher.news()
+        if news:
+            self.spawner_heard = time.monotonic()
+        self._act_on(news)
+        if not self.launcher.spawner_alive:
+            self._close_spawner()
+
+    def _act_on(self, news: list) -> None:
+        for kind, first, second in news:
             if kind == STARTED:
                 worker = self.asked.pop(first, None)
                 if worker is None:  # a request the boss gave up on: nobody will watch this one
@@ -651,8 +691,6 @@ class Engine:
                 worker = self.asked.pop(first, None)
                 if worker is not None and not (second in NOT_NOW and self._refused_not_now(worker, why)):
                     self._lost(worker, worker.lost or f"could not be started ({why})")
-        if not self.launcher.spawner_alive:
-            self._close_spawner()
 
     def _refused_not_now(self, worker: RunningWorker, why: str) -> bool:
         """The spawner could not fork ``worker`` for want of a process or descriptor: put its
@@ -670,17 +708,82 @@ class Engine:
         return True
 
     def _close_spawner(self) -> None:
-        """End the spawner (the run is over, or it died): its workers end with it."""
+        """End the spawner (the run is over, it died, or it stopped answering): the workers it
+        forked end with it; the requests it never forked are pending again.
+
+        It answers requests one at a time and in order, so only the oldest request
+        left can have been forked unannounced: it is started again only if the
+        spawner, killed here, had no child the boss does not know of.  A task never
+        runs twice, and never vanishes.
+        """
         if self.spawner_fd is not None:
             self.poller.unregister(self.spawner_fd)
             self.spawner_fd = None
-        self.launcher.close()
-        lost = [*self.asked.values(), *(w for w in self.by_pid.values() if w.spawned)]
-        self.asked.clear()
+        if self.spawner_check is not None:
+            self.spawner_check.finished = True
+            self.spawner_check = None
+        news, children = self.launcher.close()
+        self._act_on(news)  # what it said before it ended
+        unknown = None if children is None else bool(set(children) - set(self.by_pid))
+        lost = [w for w in self.by_pid.values() if w.spawned]
         for worker in lost:
-            if worker.pid is not None:
-                del self.by_pid[worker.pid]
+            del self.by_pid[worker.pid]
             self._lost(worker, "was killed with the spawner process that forked it")
+        asked = sorted(self.asked.items())
+        self.asked.clear()
+        if asked and unknown is not False:
+            _, first = asked.pop(0)
+            self._lost(first, "was killed with the spawner process that forked it, before the spawner said so; "
+                              "it is not started again, so that it cannot run twice" if unknown else
+                              "may have been killed with the spawner process, which died while it may have been "
+                              "forking it; it is not started again, so that it cannot run twice")
+        for _, worker in asked:  # never forked: pending again, in their order
+            self._close_channel(worker)
+            worker.finished = True  # its deadlines lapse
+            self.workers.pop(worker.name, None)
+        if asked:
+            self._put_back([worker.instructions for _, worker in asked])
+            self.dirty = True
+
+    def _expect_spawner(self, short: bool = False) -> None:
+        """The spawner owes the boss an answer: make sure its silence is looked at in time
+        (``short``: the run ends, every worker has been killed)."""
+        if self.spawner_fd is None:
+            return
+        limit = min(SPAWNER_DEADLINE, SPAWNER_STOP_DEADLINE) if short else SPAWNER_DEADLINE
+        at = time.monotonic() + limit
+        if self.spawner_check is not None:
+            if self.spawner_check.at <= at:
+                return
+            self.spawner_check.finished = True
+        self.spawner_check = _SpawnerCheck(at, limit)
+        self._at(limit, self._check_spawner, self.spawner_check)
+
+    def _spawner_owes(self) -> bool:
+        return bool(self.asked) or any(w.spawned and w.killed for w in self.by_pid.values())
+
+    def _check_spawner(self, check: _SpawnerCheck) -> None:
+        """Give up on a spawner silent past its deadline while it owes an answer (stopped, stuck)."""
+        if check is not self.spawner_check:
+            return
+        self.spawner_check = None
+        if self.spawner_fd is None:
+            return
+        self._spawner_news()
+        if self.spawner_fd is None or not self._spawner_owes():
+            return
+        now = time.monotonic()
+        if now - check.at > LATE:  # the boss was held up itself: no verdict on this wait
+            self.spawner_heard = now
+        quiet = now - self.spawner_heard
+        if quiet < check.limit:
+            self.spawner_check = _SpawnerCheck(now + check.limit - quiet, check.limit)
+            self._at(check.limit - quiet, self._check_spawner, self.spawner_check)
+            return
+        log.error("the spawner process (pid %s) owes the boss an answer but has said nothing for %.1f s (stopped "
+                  "with SIGSTOP, or stuck): the boss killed it, and the workers it had forked, and forks workers "
+                  "itself from now on", self.launcher.spawner_pid, quiet)
+        self._close_spawner()
 
     def _lost(self, worker: RunningWorker, why: str) -> None:
         """A worker that ended unseen, or never started: a failure that says why."""
@@ -835,7 +938,9 @@ class Engine:
 
     # ------------------------------------------------------- stopping, deadlines
     def _stop_workers(self, why: str) -> None:
-        # Not those that have reported (see _read_report): only os._exit is left for them to do.
+        # Not those that have reported (see _read_report): only os._exit is left for them to do,
+        # within their exit grace (see _on_exit_overdue).
+        self.killing = True
         workers = [w for w in self.workers.values() if not (w.finished or w.stop_requested)]
         trees = LocalProcesses.descendants(w.pid for w in workers if w.pid is not None) if workers else {}
         for worker in workers:
@@ -852,6 +957,8 @@ class Engine:
             worker.direct.ended_first = self.launcher.has_ended(worker.pid)
         worker.others = LocalProcesses.descendants([worker.pid])[worker.pid] if others is None else others
         LocalProcesses.signal(worker.pid, signal.SIGTERM, worker.others)
+        # A stopped process (SIGSTOP) gets its SIGTERM when continued: continued now, it ends gracefully.
+        LocalProcesses.signal(worker.pid, signal.SIGCONT, worker.others)
 
     def _on_timeout(self, worker: RunningWorker) -> None:
         if not worker.finished and not worker.stop_requested and worker.outcome is None:
@@ -859,10 +966,31 @@ class Engine:
             self._terminate(worker)
 
     def _on_grace_over(self, worker: RunningWorker) -> None:
-        if not worker.finished and worker.pid is not None:
-            LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)
+        if worker.finished:
+            return
+        if worker.pid is not None:
+            self._kill(worker)
+        elif worker.spawned:  # the spawner has not even said it forked it
+            self._expect_spawner(short=self.killing)
 
-    def _at(self, delay: float, action: Callable[[RunningWorker], None], worker: RunningWorker) -> None:
+    def _on_exit_overdue(self, worker: RunningWorker) -> None:
+        """A worker whose report is in must exit within its exit grace; one that does not
+        (stopped with SIGSTOP, stuck in its teardown) is killed, and its entry keeps its report."""
+        if worker.finished or worker.pid is None or worker.killed:
+            return
+        log.warning("worker %s (pid %d) sent its report but had not exited %g s later (stopped with SIGSTOP?); "
+                    "killed with SIGKILL, its report is kept", worker.name, worker.pid,
+                    max(self.options.stop_grace, EXIT_GRACE))
+        self._kill(worker)
+
+    def _kill(self, worker: RunningWorker) -> None:
+        """SIGKILL a worker (SIGKILL ends a stopped process too); the spawner then owes its end."""
+        worker.killed = True
+        LocalProcesses.signal(worker.pid, signal.SIGKILL, worker.others)
+        if worker.spawned:
+            self._expect_spawner(short=self.killing)
+
+    def _at(self, delay: float, action: Callable[[Any], None], worker: Any) -> None:
         heapq.heappush(self.deadlines, (time.monotonic() + delay, next(self._seq), action, worker))
         if len(self.deadlines) > 64 + 4 * len(self.workers):  # forget deadlines of ended workers
             self.deadlines = [d for d in self.deadlines if not d[3].finished]

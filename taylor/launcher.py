@@ -15,7 +15,7 @@ import errno
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .forking import _signal, fork_worker, worker_handlers
 from .spawner import News, Spawner
@@ -184,11 +184,15 @@ class LocalProcesses:
     def spawner_alive(self) -> bool:
         return self.spawner is not None and self.spawner.alive
 
-    def close(self) -> None:
-        """End the spawner (if any); the kernel kills the workers it forked with it."""
+    @property
+    def spawner_pid(self) -> Optional[int]:
+        return None if self.spawner is None else self.spawner.pid
+
+    def close(self) -> Tuple[List[News], Optional[Set[int]]]:
+        """End the spawner (if any); the kernel kills the workers it forked with it.
+        Returns what it said before it ended, and its children then (see :meth:`Spawner.close`)."""
         spawner, self.spawner = self.spawner, None
-        if spawner is not None:
-            spawner.close()
+        return ([], set()) if spawner is None else spawner.close()
 
     def reaped(self, pid: int) -> bool:
         """Whether ``pid``, a child the boss reaped, was the spawner."""

@@ -158,18 +158,40 @@ class Spawner:
                 found.append(news)
         return found
 
-    def close(self) -> None:
-        """End the spawner (the run is over, or it is gone) and reap it."""
+    def close(self) -> Tuple[List[News], Optional[Set[int]]]:
+        """End the spawner (the run is over, it is gone, or it stopped answering) and reap it.
+
+        Returns what it said before it ended, and the pids of its children when it
+        was killed (None if it had ended already): a child not announced as
+        STARTED was forked for the oldest request left.  SIGSTOP first, so that it
+        forks nothing while its children are listed; SIGKILL ends a stopped
+        process too.
+        """
+        children: Optional[Set[int]] = None
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGSTOP)
+                _, status = os.waitpid(self.pid, os.WUNTRACED)  # stopped for sure, or dead (then reaped)
+                if os.WIFSTOPPED(status):
+                    children = _children(self.pid)
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                children = None
+            self.pid = None
+        news = self.news()  # left in the socket, then its end
         self.sock.close()
         self.alive = False
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        self.pid = None
+        return news, children
+
+
+def _children(pid: int) -> Optional[Set[int]]:
+    """The pids of the children of ``pid`` (Linux's /proc); None where it cannot tell."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return {int(child) for child in listing.read().split()}
+    except (OSError, ValueError):
+        return None
 
 
 class _Capped:
