@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 from ..errors import TaylorError
 

@@ -411,13 +411,35 @@ class DaskLauncher:
             self._end(_from_result(task, result))
         elif task.cancelled:
             self._end(Ended(task, cancelled=True))
+        elif future.status == "cancelled" and self.client is not None and self.client.status != "running":
+            if self.failure is None:
+                self.failure = ClusterError(
+                    f"the connection to the Dask scheduler at {self.address} was lost "
+                    f"(client {self.client.status}); the tasks placed on the cluster ended without reports. "
+                    "Check the scheduler's log and that it is still running.", cluster=self.address)
+            self._end(Ended(task, where=self._where(task), lost=(
+                f"was placed on Dask worker {task.worker} (host {self._host(task.worker)}) when the connection "
+                f"to the Dask scheduler at {self.address} was lost; it did not report")))
         elif future.status == "cancelled":
-            self._end(Ended(task, lost=(f"was cancelled by the Dask cluster while placed on Dask worker "
-                                        f"{task.worker} (host {task.host}): the connection to the scheduler "
-                                        f"{self.address} was lost, or the Dask worker left")))
+            self._end(Ended(task, where=self._where(task), lost=(
+                f"was cancelled on the Dask cluster, not by taylor, while placed on Dask worker {task.worker} "
+                f"(host {self._host(task.worker)}): another client or an operator cancelled its key {task.key}")))
         else:
-            self._end(Ended(task, lost=(f"could not be run by Dask worker {task.worker} (host {task.host}): "
-                                        f"{type(result).__name__}: {result}")))
+            self._end(Ended(task, where=self._where(task), lost=(
+                f"could not be run by Dask worker {task.worker} (host {self._host(task.worker)}): "
+                f"{type(result).__name__}: {result}")))
+
+    def _host(self, address: Optional[str]) -> str:
+        """The name of the host of Dask worker ``address``: as its tasks said, else as Dask says."""
+        known = self._hostnames.get(address or "")
+        if known:
+            return known
+        with self._lock:
+            worker = self.capacity.workers.get(address or "")
+        return worker.host if worker is not None else "unknown"
+
+    def _where(self, task: RemoteTask) -> Dict[str, Optional[str]]:
+        return {"worker": task.worker, "host": self._host(task.worker) if task.worker else None}
 
     # ---------------------------------------------------------------- cluster events
     def _on_event(self, event: Tuple[float, Any]) -> Any:
@@ -439,11 +461,12 @@ class DaskLauncher:
                 self._capacity_changed = True
             lost = [t for t in self._tasks.values() if t.worker == address and t.state == "submitted"]
         how = "was retired" if expected else "died or lost its connection to the scheduler"
-        host = self._hostnames.get(address) or (gone.host if gone is not None else (lost[0].host if lost else "?"))
+        host = self._hostnames.get(address or "") or (gone.host if gone is not None else
+                                                       (lost[0].host if lost else "unknown"))
         for task in lost:
-            self._end(Ended(task, lost=(f"was placed on Dask worker {address} (host {host}), which {how} before the "
-                                        "task reported; its process there was killed with it. Dask does not run "
-                                        "it again (ask for retries to run it again)")))
+            self._end(Ended(task, where={"worker": address, "host": host}, lost=(
+                f"was placed on Dask worker {address} (host {host}), which {how} before the task reported; "
+                "its process there was killed with it. Dask does not run it again")))
         futures = [t.future for t in lost if t.future is not None]
         if futures and self.client is not None:
             asyncio.ensure_future(self.client._cancel(futures, force=True))

@@ -39,7 +39,7 @@ class ClassTransportError(pickle.PicklingError):
     """A Worker class could not be pickled to reach the remote hosts."""
 
 
-_tracker_ids: "weakref.WeakKeyDictionary[type, str]" = weakref.WeakKeyDictionary()
+_tracker_ids: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
 _rebuilt: Dict[str, type] = {}
 _lock = threading.Lock()
 

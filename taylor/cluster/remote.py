@@ -55,7 +55,7 @@ Result = Dict[str, Any]
 #: Seconds the forker has to start and say it is ready.
 FORKER_START_TIMEOUT = 30.0
 
-_forker: Optional["Forker"] = None
+_forker: Optional[Forker] = None
 #: Task key -> pid of its process, for the isolated tasks running on this Dask worker.
 _running: Dict[str, int] = {}
 _lock = threading.Lock()
