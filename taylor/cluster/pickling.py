@@ -90,14 +90,20 @@ def _class_reduce(cls: type) -> tuple:
             _set_class_state)
 
 
-def _pickler(file: io.BytesIO) -> pickle.Pickler:
-    import cloudpickle
+_Pickler: Any = None
 
-    class _Pickler(cloudpickle.Pickler):
-        def reducer_override(self, obj: Any) -> Any:
-            if isinstance(obj, type) and issubclass(obj, FootprintBase) and _by_value(obj):
-                return _class_reduce(obj)
-            return super().reducer_override(obj)
+
+def _pickler(file: io.BytesIO) -> pickle.Pickler:
+    """A cloudpickle pickler that sends Worker classes by value in two steps (see the module's docstring)."""
+    global _Pickler
+    if _Pickler is None:
+        import cloudpickle
+
+        class _Pickler(cloudpickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, type) and issubclass(obj, FootprintBase) and _by_value(obj):
+                    return _class_reduce(obj)
+                return super().reducer_override(obj)
 
     return _Pickler(file, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -120,9 +126,17 @@ def dumps_class(cls: type) -> bytes:
 
 
 def dumps_attributes(attributes: Mapping[str, Any]) -> bytes:
-    """A task's attributes pickled for a remote process (cloudpickle: hooks may be lambdas)."""
+    """A task's attributes pickled for a remote process: with pickle when it can (fast), with
+    cloudpickle when it must (hooks may be lambdas, values instances of the script's classes)."""
+    attributes = dict(attributes)
+    try:
+        data = pickle.dumps(attributes, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in data:
+            return data
+    except Exception:  # noqa: BLE001 - not picklable by reference: cloudpickle may
+        pass
     buffer = io.BytesIO()
-    _pickler(buffer).dump(dict(attributes))
+    _pickler(buffer).dump(attributes)
     return buffer.getvalue()
 
 

@@ -142,9 +142,10 @@ def _descendants(pid: int) -> List[int]:
         return []
 
 
-def _kill_tree(pid: int, signum: int, others: Iterable[int] = ()) -> List[int]:
-    """Signal ``pid``'s process group and its descendants (found now, plus ``others``); return them."""
-    others = list(others) + _descendants(pid)
+def _kill_tree(pid: int, signum: int, others: Iterable[int] = (), look: bool = True) -> List[int]:
+    """Signal ``pid``'s process group and its descendants (found now if ``look``, plus ``others``);
+    return them."""
+    others = list(others) + (_descendants(pid) if look else [])
     try:
         os.killpg(pid, signum)
     except OSError:
@@ -228,8 +229,15 @@ def _wait(key: str, sock: socket.socket, read_fd: int, timeout: Optional[float],
     timed_out = False
     stage = 0  # 0: running, 1: SIGTERM sent, 2: SIGKILL sent
     others: List[int] = []
+    reported = False
     try:
         while True:
+            if reported and pid is not None and not timed_out:
+                # Its whole report is in and its pipe closed: all that is left for it is os._exit(0)
+                # (see taylor.worker.run_child).  Its end is not waited for, as the local boss frees a
+                # task's slot at that point too: closing the connection tells the forker to kill its
+                # process group (strays included) and reap it.
+                return _result(where, start, report=bytes(report), pid=pid, status=0)
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             events = waiter.poll(None if wait is None else wait * 1000)
             if not events and deadline is not None and time.monotonic() >= deadline:
@@ -240,7 +248,7 @@ def _wait(key: str, sock: socket.socket, read_fd: int, timeout: Optional[float],
                 continue
             for fd, _ in events:
                 if fd == read_fd:
-                    _drain(read_fd, report, waiter)
+                    reported = _drain(read_fd, report, waiter) and _whole(report)
                     continue
                 try:
                     data = sock.recv(65536)
@@ -268,7 +276,10 @@ def _wait(key: str, sock: socket.socket, read_fd: int, timeout: Optional[float],
                         if timeout is not None:
                             deadline = time.monotonic() + timeout
                     elif kind == EXITED:
-                        _kill_tree(pid, signal.SIGKILL, others)  # strays left in its group
+                        # Strays left in its group (a scan of the process table for its descendants would
+                        # cost more than the task: it has ended, those outside its group were found if it
+                        # was stopped).
+                        _kill_tree(pid, signal.SIGKILL, others, look=False)
                         _drain(read_fd, report, None)
                         return _result(where, start, report=bytes(report), pid=pid, status=value,
                                        timed_out=timed_out)
@@ -278,17 +289,23 @@ def _wait(key: str, sock: socket.socket, read_fd: int, timeout: Optional[float],
                 _running.pop(key, None)
 
 
-def _drain(fd: int, into: bytearray, waiter: Any) -> None:
+def _drain(fd: int, into: bytearray, waiter: Any) -> bool:
+    """Read what ``fd`` holds into ``into``; True at its end (then unregistered from ``waiter``)."""
     while True:
         try:
             data = os.read(fd, 1 << 20)
         except BlockingIOError:
-            return
+            return False
         if not data:
             if waiter is not None:
                 waiter.unregister(fd)
-            return
+            return True
         into += data
+
+
+def _whole(report: bytearray) -> bool:
+    """Whether ``report`` holds one whole message (see :mod:`taylor.wire`)."""
+    return len(report) >= 8 and len(report) == 8 + int.from_bytes(report[:8], "big")
 
 
 def run_in_worker(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: Optional[float], grace: float,
