@@ -71,6 +71,16 @@ def _scheduler_file_address(path: str) -> str:
             cluster=path) from exc
 
 
+def _tls_configured() -> bool:
+    """Whether Dask's configuration holds TLS client settings (the client then uses them)."""
+    try:
+        import dask
+
+        return bool(dask.config.get("distributed.comm.tls.ca-file", None))
+    except Exception:  # noqa: BLE001 - no configuration: none
+        return False
+
+
 def connect(cluster: Any, security: Any = None, timeout: float = CONNECT_TIMEOUT) -> Tuple[Any, bool, str]:
     """Connect to ``cluster``; return (client, owned, scheduler address).
 
@@ -87,6 +97,11 @@ def connect(cluster: Any, security: Any = None, timeout: float = CONNECT_TIMEOUT
     target = os.fspath(cluster)
     address = target if _ADDRESS.search(target) else _scheduler_file_address(target)
     where = target if address == target else f"{address} (from the scheduler file {target})"
+    if address.startswith("tls://") and security is None and not _tls_configured():
+        raise ClusterError(
+            f"the Dask scheduler at {where} speaks TLS, and no security settings were given: pass "
+            "security=distributed.security.Security(tls_ca_file=..., tls_client_cert=..., tls_client_key=...), "
+            "or set them in Dask's configuration (distributed.comm.tls)", cluster=target)
     try:
         client = distributed.Client(address, security=security, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
@@ -96,6 +111,9 @@ def connect(cluster: Any, security: Any = None, timeout: float = CONNECT_TIMEOUT
             f"could not reach the Dask scheduler at {where} within {timeout:g} s ({type(exc).__name__}: {exc}). "
             f"Check that the scheduler is running, that this host can reach its address and port{tls}.",
             cluster=target) from exc
+    except TypeError as exc:  # TLS without a usable context, among others
+        raise ClusterError(f"could not connect to the Dask scheduler at {where}: {exc}; check the security (TLS) "
+                           "settings", cluster=target) from exc
     except ValueError as exc:  # a malformed address
         raise ClusterError(f"cluster={target!r} is not a usable scheduler address: {exc}", cluster=target) from exc
     return client, True, address

@@ -209,7 +209,7 @@ class DaskLauncher:
             futures = [t.future for t in self._tasks.values() if t.future is not None and t.state != "ended"]
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic("all")
-            if futures:
+            if futures and client.status == "running":
                 with contextlib.suppress(Exception):
                     client.cancel(futures, force=True)
             if self._owned:
@@ -252,9 +252,20 @@ class DaskLauncher:
         self._count += 1
         task = RemoteTask(name, f"{self._prefix}{self._count}-{name}"[:200], float(memory or 0.0), timeout,
                           class_bytes, dumps_attributes(attributes))
-        self._tasks[task.key] = task
-        self._waiting.append(task)
-        self._place()
+        with self._lock:
+            self._tasks[task.key] = task
+            # Only this task can be placed now: those waiting found no room, and none was freed since
+            # (ended() places them again).  A large task that waits holds no smaller one back.
+            worker = self.capacity.place(task.memory)
+            if worker is None:
+                self._waiting.append(task)
+                return task
+            self.capacity.assign(worker, task.memory)
+            task.worker, task.host, task.state = worker.address, worker.host, "submitted"
+        if self._batch is not None:
+            self._batch.append(task)
+        else:
+            self._submit([task])
         return task
 
     @contextlib.contextmanager
