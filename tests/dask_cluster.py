@@ -72,7 +72,10 @@ class RealCluster:
 
         with Client(self.address, timeout=READY_WITHIN, set_as_default=False) as client:
             client.wait_for_workers(len(processes), timeout=READY_WITHIN)
-            info = client.scheduler_info(n_workers=-1)["workers"]
+            try:
+                info = client.scheduler_info(n_workers=-1)["workers"]
+            except TypeError:  # distributed before n_workers: every worker, always
+                info = client.scheduler_info()["workers"]
         by_pid = {w["pid"]: address for address, w in info.items()} if all("pid" in w for w in info.values()) \
             else {}
         for process in processes:

@@ -107,6 +107,20 @@ def test_placement_needs_the_memory_free_on_one_worker():
     assert capacity.largest_memory_mib == 3072
 
 
+def test_a_worker_takes_ahead_tasks_per_thread_at_most():
+    capacity = ClusterCapacity(ahead=2)
+    capacity.update(_identity(("tcp://a:1", 1, GIB), ("tcp://b:1", 2, GIB)))
+    placed = []
+    while capacity.has_room():
+        worker = capacity.place()
+        capacity.assign(worker, 0)
+        placed.append(worker.address)
+    assert sorted(placed) == ["tcp://a:1"] * 2 + ["tcp://b:1"] * 4  # spread by thread, then full
+    assert capacity.place() is None
+    capacity.release("tcp://a:1", 0)
+    assert capacity.place().address == "tcp://a:1"  # the next goes where a place was freed
+
+
 def test_unreachable_scheduler_is_a_clear_error_not_a_hang():
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     launcher = DaskLauncher(address, connect_timeout=2)

@@ -11,7 +11,12 @@ cluster's totals, see :meth:`ClusterCapacity.scheduler_limits`); this module
 decides *where*: a task declaring ``memory`` goes only to a Dask worker whose
 memory limit, minus the memory declared by the taylor tasks already placed
 there, covers it; among those, to the least loaded (tasks placed per
-thread).  It is pure bookkeeping, testable without a cluster.
+thread).  A worker takes at most ``ahead`` tasks per thread at a time (one
+running, the others queued there so that it never waits for the next): the
+rest wait in the launcher and go to whichever worker frees a place first, so
+that a slow worker is not left with a long queue while another idles, and a
+worker that joins gets its share.  It is pure bookkeeping, testable without
+a cluster.
 """
 
 from __future__ import annotations
@@ -68,8 +73,11 @@ class DaskWorker:
 class ClusterCapacity:
     """The cluster's workers as last seen, with the taylor tasks placed on each."""
 
-    def __init__(self, scheduler: str = "") -> None:
+    def __init__(self, scheduler: str = "", ahead: int = 2) -> None:
+        if ahead < 1:
+            raise ValueError(f"ahead must be 1 or more tasks per thread, got {ahead}")
         self.scheduler = scheduler
+        self.ahead = ahead
         self.workers: Dict[str, DaskWorker] = {}
         self.version = 0  # bumped at each change of the worker set
 
@@ -140,20 +148,27 @@ class ClusterCapacity:
 
     # ------------------------------------------------------------ placement
     def place(self, memory: float = 0.0) -> Optional[DaskWorker]:
-        """The worker a task declaring ``memory`` MiB should go to now; None when none has it free.
+        """The worker a task declaring ``memory`` MiB should go to now; None when none has it free
+        (or every worker has its ``ahead`` tasks per thread).
 
         Among the workers with that memory free, the one with the fewest taylor
         tasks per thread (then the most memory free, then by address: the
         choice is reproducible).
         """
         best, best_key = None, None
+        ahead = self.ahead
         for worker in self.workers.values():
-            if worker.free_mib < memory:
+            if worker.free_mib < memory or worker.assigned >= ahead * worker.nthreads:
                 continue
             key = (worker.assigned / worker.nthreads, -worker.free_mib, worker.address)
             if best_key is None or key < best_key:
                 best, best_key = worker, key
         return best
+
+    def has_room(self) -> bool:
+        """Whether some worker takes another task now (memory aside)."""
+        ahead = self.ahead
+        return any(w.assigned < ahead * w.nthreads for w in self.workers.values())
 
     def assign(self, worker: DaskWorker, memory: float) -> None:
         worker.assigned += 1

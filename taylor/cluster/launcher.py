@@ -138,10 +138,13 @@ class DaskLauncher:
       ``"in-worker"`` (in the Dask worker's thread: see
       :mod:`taylor.cluster.remote` for what that gives up).
     * ``stop_grace``: seconds between SIGTERM and SIGKILL of a timed-out task.
+    * ``ahead``: tasks per thread a Dask worker is given at a time (see
+      :mod:`taylor.cluster.capacity`); the others wait in the launcher.
     """
 
     def __init__(self, cluster: Any, *, security: Any = None, connect_timeout: float = CONNECT_TIMEOUT,
-                 mode: str = ISOLATED, max_report_bytes: int = MAX_REPORT_BYTES, stop_grace: float = 2.0) -> None:
+                 mode: str = ISOLATED, max_report_bytes: int = MAX_REPORT_BYTES, stop_grace: float = 2.0,
+                 ahead: int = 2) -> None:
         if mode not in (ISOLATED, IN_WORKER):
             raise ValueError(f"mode must be {ISOLATED!r} or {IN_WORKER!r}, got {mode!r}")
         self.cluster = cluster
@@ -152,7 +155,7 @@ class DaskLauncher:
         self.stop_grace = stop_grace
         self.client: Any = None
         self.address = ""
-        self.capacity = ClusterCapacity()
+        self.capacity = ClusterCapacity(ahead=ahead)
         self.failure: Optional[ClusterError] = None  # set when the scheduler is lost
         self._owned = False
         self._lock = threading.Lock()
@@ -254,18 +257,8 @@ class DaskLauncher:
                           class_bytes, dumps_attributes(attributes))
         with self._lock:
             self._tasks[task.key] = task
-            # Only this task can be placed now: those waiting found no room, and none was freed since
-            # (ended() places them again).  A large task that waits holds no smaller one back.
-            worker = self.capacity.place(task.memory)
-            if worker is None:
-                self._waiting.append(task)
-                return task
-            self.capacity.assign(worker, task.memory)
-            task.worker, task.host, task.state = worker.address, worker.host, "submitted"
-        if self._batch is not None:
-            self._batch.append(task)
-        else:
-            self._submit([task])
+            self._waiting.append(task)
+        self._place()
         return task
 
     @contextlib.contextmanager
@@ -287,7 +280,7 @@ class DaskLauncher:
         placed = []
         with self._lock:
             still: Deque[RemoteTask] = deque()
-            while self._waiting:
+            while self._waiting and self.capacity.has_room():
                 task = self._waiting.popleft()
                 worker = self.capacity.place(task.memory)
                 if worker is None:
@@ -296,6 +289,7 @@ class DaskLauncher:
                 self.capacity.assign(worker, task.memory)
                 task.worker, task.host, task.state = worker.address, worker.host, "submitted"
                 placed.append(task)
+            still.extend(self._waiting)
             self._waiting = still
         if self._batch is not None:
             self._batch.extend(placed)
