@@ -78,12 +78,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--ahead", type=int, default=None,
+                        help="tasks per thread a Dask worker is given at a time (the launcher's default if absent)")
     parser.add_argument("--json", action="store_true", help="print the timings as JSON too")
     args = parser.parse_args()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster, set_as_default=False) as client:
-        isolated = DaskLauncher(client, mode=ISOLATED)
-        inside = DaskLauncher(client, mode=IN_WORKER)
+        options = {} if args.ahead is None else {"ahead": args.ahead}
+        isolated = DaskLauncher(client, mode=ISOLATED, **options)
+        inside = DaskLauncher(client, mode=IN_WORKER, **options)
         isolated.open()
         inside.open()
         contenders = {

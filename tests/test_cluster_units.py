@@ -86,7 +86,7 @@ def test_capacity_says_where_each_figure_comes_from():
     described = capacity.describe()
     assert described["workers"][0] == 2 and described["cpus"][0] == 6 and described["memory_mib"][0] == 4096
     assert "tcp://b:1" in described["cpus"][1] and "--memory-limit" in described["memory_mib"][1]
-    assert capacity.scheduler_limits() == {"max_threads": 6, "max_memory": 4096}
+    assert capacity.scheduler_limits() == {"max_threads": 6 * capacity.ahead, "max_memory": 4096}
     # A worker leaves, one joins: the figures follow; a worker without a memory limit is not capped.
     joined, left = capacity.update(_identity(("tcp://b:1", 4, 3 * GIB), ("tcp://c:1", 1, 0)))
     assert joined == ["tcp://c:1"] and left == ["tcp://a:1"]
@@ -117,8 +117,10 @@ def test_a_worker_takes_ahead_tasks_per_thread_at_most():
         placed.append(worker.address)
     assert sorted(placed) == ["tcp://a:1"] * 2 + ["tcp://b:1"] * 4  # spread by thread, then full
     assert capacity.place() is None
+    assert not capacity.wants_more()
     capacity.release("tcp://a:1", 0)
     assert capacity.place().address == "tcp://a:1"  # the next goes where a place was freed
+    assert capacity.wants_more()  # a:1 is down to half of its two
 
 
 def test_unreachable_scheduler_is_a_clear_error_not_a_hang():

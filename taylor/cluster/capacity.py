@@ -12,7 +12,8 @@ decides *where*: a task declaring ``memory`` goes only to a Dask worker whose
 memory limit, minus the memory declared by the taylor tasks already placed
 there, covers it; among those, to the least loaded (tasks placed per
 thread).  A worker takes at most ``ahead`` tasks per thread at a time (one
-running, the others queued there so that it never waits for the next): the
+running, the others queued there so that it never waits for the next; 16 by
+default, what no-op tasks need to keep a worker busy, see benchmarks/cluster.py): the
 rest wait in the launcher and go to whichever worker frees a place first, so
 that a slow worker is not left with a long queue while another idles, and a
 worker that joins gets its share.  It is pure bookkeeping, testable without
@@ -73,7 +74,7 @@ class DaskWorker:
 class ClusterCapacity:
     """The cluster's workers as last seen, with the taylor tasks placed on each."""
 
-    def __init__(self, scheduler: str = "", ahead: int = 2) -> None:
+    def __init__(self, scheduler: str = "", ahead: int = 16) -> None:
         if ahead < 1:
             raise ValueError(f"ahead must be 1 or more tasks per thread, got {ahead}")
         self.scheduler = scheduler
@@ -125,9 +126,15 @@ class ClusterCapacity:
 
     def scheduler_limits(self) -> Dict[str, Any]:
         """Caps for taylor's schedulers: ``max_threads`` (MaxThreadsScheduler) and ``max_memory``
-        (MaxMemoryScheduler, None when a worker has no memory limit)."""
+        (MaxMemoryScheduler, None when a worker has no memory limit).
+
+        ``max_threads`` is the number of tasks the cluster takes at a time:
+        its threads times ``ahead``.  Each Dask worker runs one task per thread
+        at once whatever it was given; those queued there start without a
+        round trip to the boss, which tiny tasks need (see benchmarks/cluster.py).
+        """
         memory = self.memory_mib
-        return {"max_threads": self.threads, "max_memory": None if math.isinf(memory) else memory}
+        return {"max_threads": self.threads * self.ahead, "max_memory": None if math.isinf(memory) else memory}
 
     def describe(self) -> Dict[str, Tuple[Any, str]]:
         """Each figure with where it came from, as :func:`taylor.schedulers.host.describe` does locally.
@@ -169,6 +176,13 @@ class ClusterCapacity:
         """Whether some worker takes another task now (memory aside)."""
         ahead = self.ahead
         return any(w.assigned < ahead * w.nthreads for w in self.workers.values())
+
+    def wants_more(self) -> bool:
+        """Whether some worker has half of its ``ahead`` tasks per thread or fewer: time to give it
+        more.  Refilling at half rather than at each end sends tasks many at a time: each
+        submission costs the Dask scheduler a graph update, whatever its size."""
+        ahead = self.ahead
+        return any(2 * w.assigned <= ahead * w.nthreads for w in self.workers.values())
 
     def assign(self, worker: DaskWorker, memory: float) -> None:
         worker.assigned += 1

@@ -62,7 +62,7 @@ class RemoteTask:
     """
 
     __slots__ = ("name", "key", "memory", "timeout", "class_bytes", "attribute_bytes", "worker", "host",
-                 "future", "state", "cancelled", "submit_time")
+                 "future", "state", "cancelled", "submit_time", "released")
 
     def __init__(self, name: str, key: str, memory: float, timeout: Optional[float], class_bytes: bytes,
                  attribute_bytes: bytes) -> None:
@@ -78,6 +78,7 @@ class RemoteTask:
         self.state = "waiting"
         self.cancelled = False
         self.submit_time = 0.0
+        self.released = False  # its place on its worker is free again
 
     def __repr__(self) -> str:
         return f"<RemoteTask {self.name} {self.state} on {self.worker}>"
@@ -144,7 +145,7 @@ class DaskLauncher:
 
     def __init__(self, cluster: Any, *, security: Any = None, connect_timeout: float = CONNECT_TIMEOUT,
                  mode: str = ISOLATED, max_report_bytes: int = MAX_REPORT_BYTES, stop_grace: float = 2.0,
-                 ahead: int = 2) -> None:
+                 ahead: int = 16) -> None:
         if mode not in (ISOLATED, IN_WORKER):
             raise ValueError(f"mode must be {ISOLATED!r} or {IN_WORKER!r}, got {mode!r}")
         self.cluster = cluster
@@ -329,12 +330,11 @@ class DaskLauncher:
             while self._ready:
                 entry = self._ready.popleft()
                 task = entry.task
-                if task.worker is not None:
-                    self.capacity.release(task.worker, task.memory)
+                self._release(task)
                 task.future = None  # Dask forgets its result
                 self._tasks.pop(task.key, None)
                 found.append(entry)
-        if self._waiting:
+        if self._waiting and self.capacity.wants_more():
             self._place()
         return found
 
@@ -362,10 +362,25 @@ class DaskLauncher:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"!")
 
+    def _release(self, task: RemoteTask) -> None:
+        """Free ``task``'s place on its worker (holding the lock)."""
+        if not task.released and task.worker is not None:
+            task.released = True
+            self.capacity.release(task.worker, task.memory)
+
     def _on_done(self, future: Any) -> None:
-        """A future finished (Dask's callback thread): fetch its result on the client's loop."""
+        """A future finished (Dask's callback thread): its place on its worker is free now, which
+        the boss may fill at once (its result is not needed for that); fetch the result on the
+        client's loop."""
+        task = self._tasks.get(future.key)
         with self._lock:
+            if task is not None:
+                self._release(task)
             self._done.append(future)
+            refill = bool(self._waiting) and self.capacity.wants_more()
+        if refill:
+            self._wake()
+        with self._lock:
             if self._fetching or self.client is None:
                 return
             self._fetching = True
