@@ -8,10 +8,11 @@ pytest.importorskip("distributed")
 pytest.importorskip("cryptography")  # Security.temporary() makes its certificates with it
 
 from cluster_workers import collect, start  # noqa: E402
-from distributed import LocalCluster  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
 from distributed.security import Security  # noqa: E402
 
 from taylor.cluster import ClusterError  # noqa: E402
+from taylor.cluster.connect import portable  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
 from taylor.worker import OK  # noqa: E402
 
@@ -29,3 +30,9 @@ def test_tls_cluster_needs_and_takes_the_security_object():
             start(launcher, where=True, name="over-tls")
             (entry,) = collect(launcher, 1)
         assert entry.outcome[0] == OK and entry.where["worker"].startswith("tls://")
+        # A Client given by the caller becomes what the boss process connects with, TLS settings included.
+        with Client(address, security=security, set_as_default=False) as client:
+            target = portable(client)
+        assert target[0] == address and target[1] is not None
+        with DaskLauncher(target) as launcher:
+            assert launcher.capacity.describe()["workers"][0] == 1

@@ -22,7 +22,7 @@ from typing import Any, Tuple
 
 from ..errors import TaylorError
 
-__all__ = ["ClusterError", "connect", "describe_target", "require_distributed"]
+__all__ = ["ClusterError", "connect", "describe_target", "portable", "require_distributed"]
 
 _ADDRESS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[^/\s]+:\d+$")
 
@@ -71,6 +71,25 @@ def _scheduler_file_address(path: str) -> str:
             cluster=path) from exc
 
 
+def portable(cluster: Any) -> Any:
+    """What another process may connect with: a ``distributed.Client`` becomes its scheduler
+    address, or (address, security) when it has TLS settings; other values stay as they are.
+
+    A Client cannot cross a fork (its event loop runs in a thread the child
+    does not have): the boss process, forked from the caller, connects anew
+    with this.
+    """
+    try:
+        import distributed
+    except ImportError:
+        return cluster
+    if not isinstance(cluster, distributed.Client):
+        return cluster
+    address = cluster.scheduler.address
+    security = getattr(cluster, "security", None)
+    return (address, security) if address.startswith("tls://") and security is not None else address
+
+
 def _tls_configured() -> bool:
     """Whether Dask's configuration holds TLS client settings (the client then uses them)."""
     try:
@@ -89,6 +108,8 @@ def connect(cluster: Any, security: Any = None, timeout: float = CONNECT_TIMEOUT
     ``distributed.security.Security``, for TLS) goes to the client as it is.
     """
     distributed = require_distributed()
+    if isinstance(cluster, tuple) and len(cluster) == 2:  # from portable(): (address, security)
+        cluster, security = cluster
     if isinstance(cluster, distributed.Client):
         return cluster, False, getattr(cluster.scheduler, "address", None) or str(cluster)
     if not isinstance(cluster, (str, os.PathLike)):
