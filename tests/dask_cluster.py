@@ -52,10 +52,8 @@ class RealCluster:
         try:
             self.scheduler = self._spawn("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(self.port),
                                                        "--no-dashboard", "--scheduler-file", self.scheduler_file])
-            processes = [self._spawn(f"worker{i}", ["worker", self.address, "--host", "127.0.0.1", "--nthreads",
-                                                    str(nthreads), "--no-dashboard", "--no-nanny", "--memory-limit",
-                                                    limit, "--name", f"w{i}"])
-                         for i, limit in enumerate(memory_limits)]
+            self.nthreads = nthreads
+            processes = [self._spawn_worker(limit) for limit in memory_limits]
             self._await_workers(processes)
         except BaseException:
             self.stop()
@@ -67,11 +65,23 @@ class RealCluster:
         return subprocess.Popen(_dask() + args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=self.env, cwd=self.directory)
 
-    def _await_workers(self, processes: List[subprocess.Popen]) -> None:
+    def _spawn_worker(self, limit: str) -> subprocess.Popen:
+        name = f"worker{len(self._logs) - 1}"
+        return self._spawn(name, ["worker", self.address, "--host", "127.0.0.1", "--nthreads", str(self.nthreads),
+                                  "--no-dashboard", "--no-nanny", "--memory-limit", limit, "--name", name])
+
+    def add_worker(self, limit: str) -> str:
+        """Start one more worker; its address once the scheduler knows it."""
+        known = set(self.workers)
+        self._await_workers([self._spawn_worker(limit)], len(self.workers) + 1)
+        (address,) = set(self.workers) - known
+        return address
+
+    def _await_workers(self, processes: List[subprocess.Popen], count: Optional[int] = None) -> None:
         from distributed import Client
 
         with Client(self.address, timeout=READY_WITHIN, set_as_default=False) as client:
-            client.wait_for_workers(len(processes), timeout=READY_WITHIN)
+            client.wait_for_workers(count or len(processes), timeout=READY_WITHIN)
             try:
                 info = client.scheduler_info(n_workers=-1)["workers"]
             except TypeError:  # distributed before n_workers: every worker, always

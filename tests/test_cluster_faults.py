@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import time
 
@@ -65,6 +66,19 @@ def test_dask_worker_killed_mid_task_names_worker_and_host_and_is_not_run_again(
         start(launcher, where=True, name="after")
         (after,) = collect(launcher, 1)
         assert after.outcome[0] == OK and after.where["worker"] == other_task.worker
+        # a worker that joins is counted, and given work
+        joined = cluster.add_worker("1GiB")
+        deadline = time.monotonic() + 20
+        while joined not in launcher.capacity.workers:
+            assert time.monotonic() < deadline, "the launcher did not see the new worker"
+            select.select([launcher.fileno()], [], [], 1)
+            launcher.ended()
+        assert launcher.capacity_changed() and launcher.capacity.describe()["cpus"][0] == 2
+        with launcher.batch():
+            for i in range(4):
+                start(launcher, where=True, seconds=0.3, name=f"spread{i}")
+        spread = collect(launcher, 4)
+        assert {e.where["worker"] for e in spread} == {joined, other_task.worker}
 
 
 def test_scheduler_killed_mid_run_ends_tasks_as_lost(cluster):

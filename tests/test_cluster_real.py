@@ -127,6 +127,13 @@ def test_failures_are_reported_as_locally(cluster, launcher):
     assert ended["sigkill"].exitcode == -signal.SIGKILL and ended["sigkill"].outcome is None
 
 
+def test_reports_keep_their_size_limit(cluster):
+    with DaskLauncher(cluster.address, max_report_bytes=1 << 20) as launcher:
+        start(launcher, fault="huge", name="huge")
+        (entry,) = collect(launcher, 1)
+    assert entry.outcome[0] == "unsendable" and "more than the limit" in str(entry.outcome[1])
+
+
 def test_a_task_sigkilled_from_outside(cluster, launcher):
     start(launcher, where=True, seconds=30)
     (process,) = running(cluster, 1)
