@@ -225,6 +225,28 @@ def test_a_class_of_the_callers_script_reaches_the_workers(cluster, tmp_path, mo
     assert f"'scripted', {caller.strip()}," not in outcome  # it ran elsewhere
 
 
+@pytest.mark.parametrize("mode", ["isolated", "in-worker"])
+def test_a_class_the_workers_cannot_import_is_a_clear_failure(cluster, tmp_path, monkeypatch, mode):
+    (tmp_path / "only_here.py").write_text(textwrap.dedent("""
+        from taylor import Worker
+
+        class OnlyHere(Worker):
+            _footprint = dict(attr=dict(only_here=dict(type=bool, values=[True])))
+
+            def _task(self):
+                return "never"
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable here, not on the workers
+    import only_here  # noqa: F401
+
+    with DaskLauncher(cluster.address, mode=mode) as launcher:
+        start(launcher, only_here=True, name="unloadable")
+        (entry,) = collect(launcher, 1)
+    assert entry.outcome is None and "No module named 'only_here'" in entry.lost
+    assert "install the module that defines it in every Dask worker's environment" in entry.lost
+    assert entry.where["worker"] in cluster.workers
+
+
 def test_no_process_leaks_between_tests(cluster):
     assert not task_processes(cluster.forkers)
     assert all(psutil.pid_exists(pid) for pid in cluster.forkers)

@@ -41,10 +41,14 @@ from ..forking import _signal, fork_worker, set_parent_death_signal, set_process
 from ..worker import prepare_class
 from .pickling import loads_class
 
-__all__ = ["NAME", "STARTED", "EXITED", "REFUSED", "REQUEST", "NEWS", "main"]
+__all__ = ["NAME", "UNLOADABLE", "STARTED", "EXITED", "REFUSED", "REQUEST", "NEWS", "main"]
 
 #: The forker's process name, as ``ps`` shows it; its task processes keep it too.
 NAME = b"taylor-forker"
+
+#: What to do when a task's Worker class cannot be loaded on a worker host.
+UNLOADABLE = ("its Worker class could not be loaded on this host: install the module that defines it in every Dask "
+              "worker's environment, or define the class in the script that runs the batch, which sends it by value")
 
 REQUEST = struct.Struct("<QQQ")
 NEWS = struct.Struct("<cq")
@@ -163,7 +167,10 @@ def serve(path: str, parent: int, ready_fd: int) -> NoReturn:
             pid = fork_worker(cls, attributes, request.report_fd, own_fds(request), handlers, limit)
         except BaseException as exc:  # noqa: BLE001 - the task is refused and told why
             view.release()
-            why = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")
+            why = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, (ImportError, AttributeError)):
+                why += f" ({UNLOADABLE})"
+            why = why.encode("utf-8", "replace")
             request.send(REFUSED, len(why), why)
             end(request)
             return

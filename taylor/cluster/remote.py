@@ -40,7 +40,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import wire
 from ..worker import _outcome, _unsendable, prepare_class
-from .forker import EXITED, NEWS, REFUSED, REQUEST, STARTED
+from .forker import EXITED, NEWS, REFUSED, REQUEST, STARTED, UNLOADABLE
 from .pickling import loads_class
 
 __all__ = ["ForkerPlugin", "Forker", "run_isolated", "run_in_worker", "signal_tasks", "PLUGIN_NAME", "Result"]
@@ -318,8 +318,9 @@ def run_in_worker(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout:
         attributes = pickle.loads(attribute_bytes)
         prepare_class(cls)
     except Exception as exc:  # noqa: BLE001 - the task is refused and told why
+        hint = f" ({UNLOADABLE})" if isinstance(exc, (ImportError, AttributeError)) else ""
         return _result(where, start, refused=(
-            f"could not be started on Dask worker {where[0]} (host {where[1]}): {type(exc).__name__}: {exc}"))
+            f"could not be started on Dask worker {where[0]} (host {where[1]}): {type(exc).__name__}: {exc}{hint}"))
     outcome = _outcome(cls, attributes)
     try:
         data = wire.encode(outcome, limit=max_report_bytes)
