@@ -540,9 +540,17 @@ class DaskLauncher:
                                              self.client.loop.asyncio_loop)
 
     def cancel_all(self) -> None:
-        """Cancel every task not ended (abort, the caller's SIGTERM)."""
+        """Cancel every task not ended (abort, the caller's SIGTERM), in one message to the scheduler:
+        a task queued behind a killed one must not start before its own cancel arrives."""
+        futures = []
         for task in list(self._tasks.values()):
-            self.cancel(task)
+            if task.state == "submitted" and task.future is not None:
+                task.cancelled = True
+                futures.append(task.future)
+            else:
+                self.cancel(task)
+        if futures and self.client is not None:
+            asyncio.run_coroutine_threadsafe(self.client._cancel(futures, force=True), self.client.loop.asyncio_loop)
 
 
 def _from_result(task: RemoteTask, result: Mapping[str, Any]) -> Ended:

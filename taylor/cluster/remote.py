@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -58,6 +58,9 @@ FORKER_START_TIMEOUT = 30.0
 _forker: Optional[Forker] = None
 #: Task key -> pid of its process, for the isolated tasks running on this Dask worker.
 _running: Dict[str, int] = {}
+#: Keys of the isolated tasks whose process is being started, and of those Dask cancelled meanwhile.
+_starting: Set[str] = set()
+_cancelled: Set[str] = set()
 _lock = threading.Lock()
 
 
@@ -128,7 +131,10 @@ class ForkerPlugin(WorkerPlugin):
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if start == "executing" and finish in ("cancelled", "released", "forgotten"):
-            pid = _running.get(key)
+            with _lock:
+                pid = _running.get(key)
+                if pid is None and key in _starting:  # killed as soon as it is started (see _wait)
+                    _cancelled.add(key)
             if pid is not None:
                 _kill_tree(pid, signal.SIGKILL)
 
@@ -186,6 +192,19 @@ def run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: 
     """
     start = time.time()
     where = _where()
+    with _lock:
+        _starting.add(key)
+    try:
+        return _run_isolated(key, class_bytes, attribute_bytes, timeout, grace, max_report_bytes, start, where)
+    finally:
+        with _lock:
+            _starting.discard(key)
+            _running.pop(key, None)
+            _cancelled.discard(key)
+
+
+def _run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: Optional[float], grace: float,
+                  max_report_bytes: int, start: float, where: Tuple[str, str]) -> Result:
     forker = _forker
     if forker is None:
         return _result(where, start, refused=(
@@ -273,6 +292,9 @@ def _wait(key: str, sock: socket.socket, read_fd: int, timeout: Optional[float],
                         start = time.time()
                         with _lock:
                             _running[key] = pid
+                            cancelled = key in _cancelled
+                        if cancelled:
+                            others = _kill_tree(pid, signal.SIGKILL, others)
                         if timeout is not None:
                             deadline = time.monotonic() + timeout
                     elif kind == EXITED:
@@ -284,9 +306,8 @@ def _wait(key: str, sock: socket.socket, read_fd: int, timeout: Optional[float],
                         return _result(where, start, report=bytes(report), pid=pid, status=value,
                                        timed_out=timed_out)
     finally:
-        if pid is not None:
-            with _lock:
-                _running.pop(key, None)
+        with _lock:
+            _running.pop(key, None)
 
 
 def _drain(fd: int, into: bytearray, waiter: Any) -> bool:
