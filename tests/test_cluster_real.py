@@ -24,7 +24,7 @@ from dask_cluster import RealCluster, forkers, task_processes  # noqa: E402
 from processes import gone  # noqa: E402
 from workers import Faulty  # noqa: E402, F401 - registers the class
 
-from taylor.cluster.launcher import IN_WORKER, DaskLauncher  # noqa: E402
+from taylor.cluster.launcher import IN_WORKER, DaskLauncher, describe_cluster  # noqa: E402
 from taylor.errors import CapacityError  # noqa: E402
 from taylor.worker import OK, RAISED  # noqa: E402
 
@@ -94,6 +94,10 @@ def test_scheduler_file_and_capacity(cluster):
         assert described["workers"][0] == 2 and described["cpus"][0] == 4
         assert described["memory_mib"][0] == pytest.approx(4096)
         assert launcher.address == cluster.address
+    described = describe_cluster(cluster.scheduler_file)
+    assert described["scheduler"] == (cluster.address, f"the scheduler file {cluster.scheduler_file}")
+    assert described["cpus"][0] == 4 and all(address in described["cpus"][1] for address in cluster.workers)
+    assert "--memory-limit" in described["memory_mib"][1]
 
 
 def test_memory_places_tasks_where_it_is_free(cluster, launcher):

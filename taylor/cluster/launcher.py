@@ -9,7 +9,8 @@ local processes, for tasks run by Dask workers on many hosts:
   the Dask client's own thread; the boss never blocks on the network there.
 * :meth:`DaskLauncher.start` places a task (see
   :meth:`~taylor.cluster.capacity.ClusterCapacity.place`) and submits it; a task
-  that fits on no worker now waits in the launcher until one has room.
+  no worker takes now (memory, or ``ahead`` tasks per thread there already)
+  waits in the launcher until one does.
 * :meth:`DaskLauncher.ended` returns each ended task once, as an
   :class:`Ended` whose ``outcome`` is what a local worker process sends on
   its report pipe, plus its exit code, ``where`` it ran, and why it was lost
@@ -17,6 +18,8 @@ local processes, for tasks run by Dask workers on many hosts:
 * :meth:`DaskLauncher.signal` signals a running task's process tree on its
   host; :meth:`DaskLauncher.cancel` drops a task, pending or running (its
   process tree is killed on its host); :meth:`DaskLauncher.close` cancels all.
+* :func:`describe_cluster` says what a cluster offers, and where each figure
+  comes from (for ``taylor schedulers --cluster``).
 
 Dask never re-runs a task: each is pinned to the worker it was placed on
 (``workers=[address]``, ``allow_other_workers=False``, ``retries=0``) and
@@ -39,10 +42,10 @@ from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
 from .. import wire
 from ..errors import CapacityError
 from .capacity import ClusterCapacity
-from .connect import CONNECT_TIMEOUT, ClusterError, connect, require_distributed
+from .connect import CONNECT_TIMEOUT, ClusterError, connect, describe_target, require_distributed
 from .pickling import dumps_attributes, dumps_class
 
-__all__ = ["DaskLauncher", "RemoteTask", "Ended", "ISOLATED", "IN_WORKER"]
+__all__ = ["DaskLauncher", "RemoteTask", "Ended", "ISOLATED", "IN_WORKER", "describe_cluster"]
 
 log = logging.getLogger("taylor.cluster")
 
@@ -192,10 +195,7 @@ class DaskLauncher:
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
             self.client.subscribe_topic("all", self._on_event)
-            try:
-                identity = self.client.scheduler_info(n_workers=-1)
-            except TypeError:  # distributed before n_workers: every worker, always
-                identity = self.client.scheduler_info()
+            identity = _identity(self.client)
             with self._lock:
                 self.capacity.update(identity)
         except BaseException:
@@ -568,3 +568,28 @@ def _from_result(task: RemoteTask, result: Mapping[str, Any]) -> Ended:
     return Ended(task, outcome=outcome, exitcode=exitcode, pid=result.get("pid"), where=where,
                  start_time=result.get("start_time"), end_time=result.get("end_time"),
                  timed_out=bool(result.get("timed_out")), lost=refused)
+
+
+def _identity(client: Any) -> Dict[str, Any]:
+    """The scheduler's description of itself and of every worker."""
+    try:
+        return client.scheduler_info(n_workers=-1)
+    except TypeError:  # distributed before n_workers: every worker, always
+        return client.scheduler_info()
+
+
+def describe_cluster(cluster: Any, *, security: Any = None,
+                     connect_timeout: float = CONNECT_TIMEOUT) -> Dict[str, Tuple[Any, str]]:
+    """What ``cluster`` offers now, each figure with its source (see
+    :meth:`~taylor.cluster.capacity.ClusterCapacity.describe`), plus ``scheduler``."""
+    client, owned, address = connect(cluster, security, connect_timeout)
+    try:
+        capacity = ClusterCapacity(address)
+        capacity.update(_identity(client))
+    finally:
+        if owned:
+            with contextlib.suppress(Exception):
+                client.close(timeout=connect_timeout)
+    described = capacity.describe()
+    described["scheduler"] = (address, describe_target(cluster) if isinstance(cluster, str) else "the Client given")
+    return described
