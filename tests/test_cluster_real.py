@@ -251,6 +251,30 @@ def test_a_class_the_workers_cannot_import_is_a_clear_failure(cluster, tmp_path,
     assert entry.where["worker"] in cluster.workers
 
 
+@pytest.mark.skipif(not hasattr(os, "setuid") or os.getuid() != 0 or not sys.platform.startswith("linux"),
+                    reason="needs root (to become another user) and Linux's abstract sockets")
+def test_the_forker_serves_only_its_own_user(cluster):
+    """The forker's socket name shows in ``ps``: another user who connects is turned away."""
+    (argument,) = [a for a in psutil.Process(cluster.forkers[0]).cmdline() if a.startswith("@taylor-forker-")]
+    code = textwrap.dedent(f"""
+        import os, socket, struct
+        from taylor.cluster.forker import REQUEST
+        os.setgid(65534); os.setuid(65534)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect("\\0" + {argument[1:]!r})
+        try:
+            sock.sendall(REQUEST.pack(0, 0, 0))
+            print(repr(sock.recv(100)))
+        except OSError as exc:
+            print(type(exc).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("b''", "BrokenPipeError", "ConnectionResetError")
+    assert not task_processes(cluster.forkers)
+
+
 def test_no_process_leaks_between_tests(cluster):
     assert not task_processes(cluster.forkers)
     assert all(psutil.pid_exists(pid) for pid in cluster.forkers)

@@ -9,8 +9,10 @@ that has never had a second thread, so it forks as taylor's spawner does (see
 group, dies with the forker (which dies with its Dask worker: parent-death
 signals), and runs :func:`taylor.worker.run_child`.
 
-Protocol: the forker listens on a Unix stream socket in a directory only its
-user may enter (nothing listens on the network).  A Dask worker thread that
+Protocol: the forker listens on a Unix stream socket (nothing listens on the
+network): on Linux an abstract one with a random name, whose peers must be of
+the forker's user (``SO_PEERCRED``), elsewhere one in a directory only that
+user may enter.  A Dask worker thread that
 runs a task connects, sends one request and keeps the connection open:
 
 * request: ``_REQUEST`` header (class bytes length, attributes bytes length,
@@ -125,7 +127,11 @@ def serve(path: str, parent: int, ready_fd: int) -> NoReturn:
     # business: the forker ends with it through the parent-death signal.
     _signal.signal(signal.SIGINT, _signal.SIG_IGN)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if path.startswith("@"):  # an abstract socket (Linux), named on the command line with "@"
+        path = "\0" + path[1:]
     listener.bind(path)
+    own_uid = os.getuid()
+    peer_credentials = getattr(socket, "SO_PEERCRED", None)
     listener.listen(256)
     listener.setblocking(False)
     wake_r, wake_w = os.pipe()
@@ -191,6 +197,12 @@ def serve(path: str, parent: int, ready_fd: int) -> NoReturn:
                             sock, _ = listener.accept()
                         except BlockingIOError:
                             break
+                        if peer_credentials is not None:
+                            _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, peer_credentials,
+                                                                            struct.calcsize("3i")))
+                            if uid != own_uid:  # another user on this host: not served
+                                sock.close()
+                                continue
                         sock.setblocking(False)
                         requests[sock.fileno()] = _Request(sock)
                         waiter.register(sock, select.POLLIN)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import array
 import os
 import pickle
+import secrets
 import select
 import shutil
 import signal
@@ -68,20 +69,28 @@ class Forker:
     """This Dask worker's handle on its forker process."""
 
     def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="taylor-forker-")  # mode 0700: only this user connects
-        self.path = os.path.join(self.directory, "socket")
+        if sys.platform.startswith("linux"):
+            # An abstract socket: nothing left in the file system when a killed worker takes its forker
+            # along.  The forker accepts only peers of its own user (SO_PEERCRED).
+            self.directory = None
+            self.path = "\0taylor-forker-" + secrets.token_hex(12)
+        else:
+            self.directory = tempfile.mkdtemp(prefix="taylor-forker-")  # mode 0700: only this user connects
+            self.path = os.path.join(self.directory, "socket")
+        argument = "@" + self.path[1:] if self.path.startswith("\0") else self.path
         ready_r, ready_w = os.pipe()
         env = dict(os.environ)
         # It imports what this Dask worker imports (tasks' modules, by their reference).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "taylor.cluster.forker", self.path, str(os.getpid()), str(ready_w)],
+                [sys.executable, "-m", "taylor.cluster.forker", argument, str(os.getpid()), str(ready_w)],
                 pass_fds=[ready_w], stdin=subprocess.DEVNULL, env=env, close_fds=True)
         except BaseException:
             os.close(ready_r)
             os.close(ready_w)
-            shutil.rmtree(self.directory, ignore_errors=True)
+            if self.directory:
+                shutil.rmtree(self.directory, ignore_errors=True)
             raise
         os.close(ready_w)
         try:
@@ -107,7 +116,8 @@ class Forker:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class ForkerPlugin(WorkerPlugin):
