@@ -26,7 +26,9 @@ class Where(Worker):
         if self.child:
             subprocess.Popen(["sleep", "60"])  # noqa: S603, S607 - a grandchild for the tree-kill tests
         time.sleep(self.seconds)
-        return dict(pid=os.getpid(), ppid=os.getppid(), host=socket.gethostname())
+        with open("/proc/self/comm") if os.path.exists("/proc/self/comm") else open(os.devnull) as comm:
+            name = comm.read().strip() or "taylor-task"
+        return dict(pid=os.getpid(), ppid=os.getppid(), host=socket.gethostname(), name=name)
 
 
 def start(launcher: Any, **row: Any) -> Any:

@@ -83,6 +83,7 @@ def test_tasks_run_in_fresh_processes_and_say_where(cluster, launcher):
         # forked by the host's forker, a fresh interpreter: not by the multi-threaded Dask worker
         assert report["ppid"] in cluster.forkers
         assert report["ppid"] != cluster.workers[entry.where["worker"]].pid
+        assert report["name"] == "taylor-task"
         workers.add(entry.where["worker"])
     assert workers == set(cluster.workers)  # placed on both
     assert launcher.pending == 0

@@ -43,10 +43,10 @@ from ..forking import _signal, fork_worker, set_parent_death_signal, set_process
 from ..worker import prepare_class
 from .pickling import loads_class
 
-__all__ = ["NAME", "UNLOADABLE", "STARTED", "EXITED", "REFUSED", "REQUEST", "NEWS", "main"]
+__all__ = ["NAME", "TASK", "UNLOADABLE", "STARTED", "EXITED", "REFUSED", "REQUEST", "NEWS", "main"]
 
-#: The forker's process name, as ``ps`` shows it; its task processes keep it too.
-NAME = b"taylor-forker"
+#: Process names, as ``ps`` shows them: the forker, and the task processes it forks.
+NAME, TASK = b"taylor-forker", b"taylor-task"
 
 #: What to do when a task's Worker class cannot be loaded on a worker host.
 UNLOADABLE = ("its Worker class could not be loaded on this host: install the module that defines it in every Dask "
@@ -170,7 +170,11 @@ def serve(path: str, parent: int, ready_fd: int) -> NoReturn:
             cls = loads_class(bytes(view[:class_size]))
             attributes = pickle.loads(view[class_size:class_size + attributes_size])
             prepare_class(cls)
-            pid = fork_worker(cls, attributes, request.report_fd, own_fds(request), handlers, limit)
+            set_process_name(TASK)  # for the task process to be born with its name
+            try:
+                pid = fork_worker(cls, attributes, request.report_fd, own_fds(request), handlers, limit)
+            finally:
+                set_process_name(NAME)
         except BaseException as exc:  # noqa: BLE001 - the task is refused and told why
             view.release()
             why = f"{type(exc).__name__}: {exc}"
