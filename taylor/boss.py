@@ -246,7 +246,9 @@ class Boss:
         the run like any first failure (the boss, which could read it, is told).
         """
         try:
-            entry["report"] = pickle.loads(entry["report"])
+            entry["report"] = report = pickle.loads(entry["report"])
+            if isinstance(report, BaseException):
+                _drop_tracebacks(report)
             return
         except Exception as exc:  # noqa: BLE001 - any failure of a class's own unpickling
             why = f"{type(exc).__name__}: {exc}"
@@ -751,6 +753,24 @@ def _fresh(error: BaseException) -> BaseException:
         with contextlib.suppress(AttributeError, TypeError):
             fresh.__notes__ = list(notes)
     return fresh
+
+
+def _drop_tracebacks(error: BaseException) -> None:
+    """Drop the tracebacks an unpickled exception (and its causes) may carry.
+
+    Plain pickle sends none, but picklers that rebuild them (tblib's, which
+    distributed installs) make them by raising in this process: their frames
+    then chain back to the Boss method that was unpickling, and so keep the
+    Boss alive as long as its entries are.  The worker's own traceback travels
+    as text in the entry (``traceback``), which loses nothing.
+    """
+    stack, seen = [error], set()
+    while stack:
+        error = stack.pop()
+        if error is not None and id(error) not in seen:
+            seen.add(id(error))
+            error.__traceback__ = None
+            stack += (error.__cause__, error.__context__)
 
 
 def _wait(fds: List[int], timeout: Optional[float]) -> List[int]:

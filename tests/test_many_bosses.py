@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 import weakref
 
 import pytest
@@ -63,6 +66,31 @@ def test_a_dropped_failed_boss_is_freed_at_once_and_its_process_reaped():
         assert not alive([pid])
     finally:
         gc.enable()
+
+
+def test_a_dropped_failed_boss_is_freed_when_exceptions_unpickle_with_tracebacks():
+    """tblib's pickling (installed by distributed) rebuilds a traceback by raising in the caller:
+    its frames chain back to the Boss that unpickled it, unless the Boss drops them."""
+    pytest.importorskip("tblib.pickling_support")
+    script = textwrap.dedent("""
+        import gc, weakref
+        from tblib import pickling_support
+        import workers
+        from taylor import run_as_server
+        pickling_support.install()
+        gc.disable()
+        boss = run_as_server(None, dict(fault=["raise"], seconds=[0.0]))
+        try:
+            boss.wait_till_finished()
+        except KeyError as exc:
+            assert exc.__cause__ is not None  # the worker's traceback, as text
+        ref = weakref.ref(boss)
+        del boss
+        print("freed" if ref() is None else "kept alive")
+    """)
+    here = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run([sys.executable, "-c", script], cwd=here, capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "freed", result.stderr
 
 
 def test_fifty_failed_bosses_dropped_in_a_row_harm_no_later_batch():
