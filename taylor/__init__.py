@@ -10,7 +10,8 @@ and sends back each worker's report::
     batch_main(dict(wakeup_sentence='done'), dict(sleeping_time=[0.1, 0.2, 0.3]))
 """
 
-from .boss import Boss, batch_main, run_as_server
+from .batch import batch_main, run_as_server
+from .boss import Boss
 from .errors import (
                      BossClosedError,
                      BossDiedError,

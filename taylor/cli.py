@@ -550,12 +550,6 @@ def _groups(tasks: List[Dict[str, Any]]) -> List[Dict[str, List[Any]]]:
     return groups
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    from .errors import Interrupted
-
-    raise Interrupted(f"received {signal.Signals(signum).name}", signum=signum)
-
-
 class _Tracker:
     """What the command line follows of a run: each task's attempts, its final entry, the halting rule.
 
@@ -621,6 +615,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
 
     from .boss import Boss
     from .errors import BossDiedError, Interrupted, TaylorError, WorkerError
+    from .interrupts import raise_interrupted
     from .journal import Journal
     from .output import OutputPrinter, take_output
     from .report import Report
@@ -713,7 +708,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 boss.send_signal("STOP")
 
     previous_int = signal.getsignal(signal.SIGINT)
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous_term = signal.signal(signal.SIGTERM, raise_interrupted)
     if worker_dir:
         os.environ["TAYLOR_OUTPUT_DIR"] = os.path.abspath(worker_dir)
     try:
