@@ -237,7 +237,7 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
                 raise _refuse_deep(deep, description, exc) from None
             raise InstructionsError(
                 f"footprints could not examine the instructions {_short(row)}: {type(exc).__name__}: {exc}. "
-                "Large arrays belong in sharedmemory_common_instructions (see taylor.util.SharedNumpyArray)",
+                "Large arrays belong in sharedmemory_common_instructions (see taylor.shared.SharedNumpyArray)",
                 instructions=dict(row)) from exc
         if fit is None:
             whynot = collector.report_last.as_dict() if collector.report_last else {}
