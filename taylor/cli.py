@@ -6,6 +6,10 @@ input, replacement strings, grouped output, ``--halt``, ``--retries``);
 ``taylor status`` shows a batch from its journal; ``taylor workers`` and
 ``taylor schedulers`` say what can be chosen.  Exit codes: 0 all succeeded, 1 a task
 failed, 2 usage or input error, 130 SIGINT, 143 SIGTERM.
+
+The top of the layering: it may import any module of taylor, and none imports it but ``__main__``.
+It drives runs through the public Boss API only, never the boss process (:mod:`taylor.bossprocess`)
+nor the boss loop (:mod:`taylor.engine`).
 """
 
 from __future__ import annotations

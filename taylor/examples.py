@@ -5,6 +5,9 @@ such as ``sleeping_time=0.5`` find :class:`Sleeper`.  The workers on shared
 arrays need numpy only when they run (``pip install 'taylor[numpy]'``); they
 take their arrays from ``sharedmemory_common_instructions`` (see
 :class:`taylor.shared.SharedNumpyArray`).
+
+Depends only on :mod:`taylor.worker` and :mod:`taylor.shared`, as a user's workers would: never on
+the Boss, the boss loop or the command line.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Everything that can be known wrong before a process starts is found here, in
 the caller, so that bad input raises at once with the culprit named: lists of
 unequal lengths, duplicate names, instructions no Worker class fits (with
 footprints' reasons), worker classes the boss cannot see.
+
+Depends only on :mod:`taylor.checks` and :mod:`taylor.errors`: it runs in the caller before any
+process exists, and must not import the worker's process side, the boss loop or the Boss.
 """
 
 from __future__ import annotations

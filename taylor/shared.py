@@ -14,6 +14,8 @@ others or the caller forever.
 
 numpy is optional for taylor: this module imports it only when an array is
 made, and says how to install it if it is missing.
+
+Depends on nothing else of taylor: arrays are made in the caller before any Boss exists.
 """
 
 from __future__ import annotations
