@@ -1,11 +1,12 @@
 """Boss: the caller's handle on a run, as the API documents it.
 
 The caller checks and sends instructions and control signals, and receives
-the workers' entries as they end.  Each method here says what the caller may
-rely on; how the boss process is forked, talked to and waited for lives in
-:mod:`taylor.bossprocess`, what its messages mean in :mod:`taylor.bossrecord`,
-and the one-call helpers (:func:`run_as_server`, :func:`batch_main`) in
-:mod:`taylor.batch`, still importable from here.
+the workers' entries as they end; each entry is in the caller's hands as soon
+as it arrives, so nothing finished is lost whatever happens to the boss.  Each
+method here says what the caller may rely on.  How the boss process is forked,
+talked to and waited for lives in :mod:`taylor.bossprocess`; what its messages
+mean, in :mod:`taylor.bossrecord`; the one-call helpers (:func:`run_as_server`,
+:func:`batch_main`), in :mod:`taylor.batch`, still importable from here.
 
 Must not depend on the boss loop's internals (only its public ``SIGNALS`` and
 ``Options``), nor on the command line.
