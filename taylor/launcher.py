@@ -7,6 +7,9 @@ is one program run, the program's own pid and no channel), to signal a worker
 and everything the worker started, and to say which workers ended (the boss
 reaps its own children on SIGCHLD, the spawner reaps those it forked).  A
 launcher for another engine (a cluster) would offer the same few calls.
+
+Depends on the process-starting modules below it (spawner, forking, worker); must not import the
+boss loop that drives it (:mod:`taylor.engine`), nor the Boss.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ exception on failure), ``traceback`` (on failure), ``instructions``, ``pid``,
 ``start_time``/``end_time`` (seconds since the epoch) and ``exitcode``
 (negative: killed by that signal).  :func:`to_jsonable` turns any of it into
 plain JSON types.
+
+Depends on nothing of taylor: the boss, the caller and the command line all build reports, so it
+must import none of them.
 """
 
 from __future__ import annotations

@@ -272,7 +272,7 @@ def test_boss_ending_while_caller_sends_a_large_batch_does_not_deadlock():
         # set_instructions would raise now (the abort is on its way): what it sends when its
         # batch crosses the abort is sent as it would, unread news notwithstanding.
         batch = [dict(noop=True, payload=p, name=f"late-{i}") for i, p in enumerate(payloads[::-1])]
-        boss._sock.sendall(wire.encode(("instructions", batch)))
+        boss._process.sock.sendall(wire.encode(("instructions", batch)))
         with pytest.raises(taylor.WorkerDiedError) as info:
             boss.wait_till_finished()
         assert len(info.value.report["pending"]) == 3000
