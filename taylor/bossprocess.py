@@ -215,11 +215,12 @@ class BossProcess:
         if record.final is not None:
             return
         self.reap()
+        unfinished = record.unfinished()  # before end_orphans forgets who was running
         if self.broken:  # we closed the channel ourselves: the boss stopped, as asked
-            record.final = record.report("stopped")
+            record.final = record.report("stopped", **unfinished)
             return
         self.end_orphans()
-        report = record.report("failed")
+        report = record.report("failed", **unfinished)
         record.end_with(BossDiedError(
             f"the boss process{self.label} (pid {self.pid}) died ({describe_exit(self.exitcode)}) before "
             f"the end of the run; its workers were killed with it. The {len(record.entries)} entries received "
@@ -258,8 +259,9 @@ class BossProcess:
             while self.receive():  # what it had sent
                 pass
         self.reap()
-        self.end_orphans()
         record = self.record
+        unfinished = record.unfinished()  # before end_orphans forgets who was running
+        self.end_orphans()
         if record.final is not None:  # its run was over: only its exit was missing
             return
         error = BossDiedError(
@@ -267,7 +269,7 @@ class BossProcess:
             "told to stop (stopped with SIGSTOP, or stuck), so it was killed, with its workers and the programs "
             f"they started. The {len(record.entries)} entries received before are in this error's .report",
             exitcode=self.exitcode)
-        record.end_with(error, record.report("stopped", error=error))
+        record.end_with(error, record.report("stopped", error=error, **unfinished))
 
     def abandon(self, grace: float) -> None:
         """The Boss was dropped unfinished: close the channel (the boss stops its workers), give it

@@ -116,6 +116,14 @@ class RunRecord:
         report.update(extra)
         return report
 
+    def unfinished(self) -> Dict[str, Any]:
+        """What a report says of the work the boss took with it when it ended without its final
+        report: ``running`` (names of the workers killed with it) and ``pending`` (the
+        instructions of those never started), so that nothing sent goes unlisted."""
+        running = sorted(name for name in self.running if name in self.submitted)
+        pending = [instructions for name, instructions in self.submitted.items() if name not in self.running]
+        return {"pending": pending, "running": running}
+
     def _on_final(self, final: Dict[str, Any]) -> None:
         extra = {k: final[k] for k in ("pending", "running") if k in final}
         if "pending" in extra:
