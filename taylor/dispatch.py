@@ -75,6 +75,17 @@ class Dispatcher:
         if later is not self.pending:
             self.pending = later if isinstance(later, list) else list(later)
         self.fd_wait = 1
+        if launch:
+            with self.launcher.batch():
+                self._start_all(launch)
+        if not self.workers and self.pending and not launch:
+            self._fail_run(CapacityError(
+                f"the scheduler {type(self.scheduler).__name__} starts none of the {len(self.pending)} "
+                "pending instructions although no worker runs, so they could never start; first one: "
+                f"{dict(self.pending[0])}"))
+
+    def _start_all(self, launch: List[Dict[str, Any]]) -> None:
+        """Start what the scheduler chose, in its order, as far as the run and its limits allow."""
         for position, instructions in enumerate(launch):
             if self.stopping:  # starting one failed the run: the rest stays pending
                 self._put_back(launch[position:])
@@ -86,11 +97,6 @@ class Dispatcher:
             if not self._start(instructions):  # not now (see _not_now): it and the rest wait
                 self._put_back(launch[position:])
                 break
-        if not self.workers and self.pending and not launch:
-            self._fail_run(CapacityError(
-                f"the scheduler {type(self.scheduler).__name__} starts none of the {len(self.pending)} "
-                "pending instructions although no worker runs, so they could never start; first one: "
-                f"{dict(self.pending[0])}"))
 
     def _start(self, instructions: Dict[str, Any]) -> bool:
         """Start a worker for ``instructions``; False: not now, they go back to the queue (see _not_now)."""

@@ -17,16 +17,24 @@ through the :class:`Host` the engine gives it at :meth:`Launcher.open`:
   blocks and never polls.
 
 :class:`taylor.local.LocalProcesses` (processes forked here, by the spawner
-or the boss) is the launcher of a local run; a cluster launcher (see
-:mod:`taylor.cluster.launcher`) plugs in behind the same methods.  This
-module must not depend on the engine, the spawner or any launcher's own
-machinery.
+or the boss) is the launcher of a local run.  A cluster launcher plugs in
+behind the same methods; for :class:`taylor.cluster.launcher.DaskLauncher`, an
+adapter would map ``open`` to its ``open`` and :meth:`Host.watch` of the
+descriptor it returns, ``start`` to its ``start(worker.name, cls, attributes,
+memory=worker.memory, timeout=...)`` (no report channel: None), its wake-ups and
+:meth:`Launcher.update` to its ``ended()`` (each :class:`Ended`'s outcome, lost
+and timed_out set on the worker, then :meth:`Host.ended` with its exit code),
+``signal`` and ``kill`` to its ``signal`` and ``cancel``, :meth:`Launcher.batch`
+to its ``batch``, ``close`` to its ``cancel_all`` and ``close``.  This module
+must not depend on the engine, the spawner or any launcher's own machinery.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-from typing import Any, Callable, Optional, Protocol
+import signal
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
 __all__ = ["Host", "Launcher", "NOT_NOW"]
 
@@ -98,6 +106,11 @@ class Launcher:
         """
         raise NotImplementedError
 
+    def batch(self) -> ContextManager[Any]:
+        """What a dispatch wraps its starts in: a launcher that sends starts together (one message
+        for many, as :meth:`taylor.cluster.launcher.DaskLauncher.batch`) sends them at its end."""
+        return _NO_BATCH
+
     def close_channel(self, fd: int) -> None:
         """Close a worker's report channel (what :meth:`start` returned)."""
         raise NotImplementedError
@@ -125,11 +138,11 @@ class Launcher:
         """Ask each of ``workers`` (whose ``stop_requested`` is set) to stop: SIGTERM, or alike.
         One that has not started yet is asked as soon as it does."""
         for worker in workers:
-            self.signal(worker, 15)
+            self.signal(worker, signal.SIGTERM)
 
     def kill(self, worker: Any, ending: bool = False) -> None:
         """End ``worker`` now (its grace is over; ``ending``: the whole run ends); its end comes as usual."""
-        self.signal(worker, 9)
+        self.signal(worker, signal.SIGKILL)
 
     def close(self) -> None:
         """End the run's side of the launcher; ends still owed are told before this returns."""
@@ -137,6 +150,9 @@ class Launcher:
     def drain(self) -> None:
         """The engine's loop failed: end every worker at once and tell their ends, blocking if need be."""
         self.close()
+
+
+_NO_BATCH = contextlib.nullcontext()
 
 
 def __getattr__(name: str) -> Any:
