@@ -22,7 +22,7 @@ behind the same methods; for :class:`taylor.cluster.launcher.DaskLauncher`, an
 adapter would map ``open`` to its ``open`` and :meth:`Host.watch` of the
 descriptor it returns, ``start`` to its ``start(worker.name, cls, attributes,
 memory=worker.memory, timeout=...)`` (no report channel: None), its wake-ups and
-:meth:`Launcher.update` to its ``ended()`` (each :class:`Ended`'s outcome, lost
+:meth:`Launcher.update` to its ``ended()`` (each :class:`~taylor.cluster.launcher.Ended`'s outcome, lost
 and timed_out set on the worker, then :meth:`Host.ended` with its exit code),
 ``signal`` and ``kill`` to its ``signal`` and ``cancel``, :meth:`Launcher.batch`
 to its ``batch``, ``close`` to its ``cancel_all`` and ``close``.  This module

@@ -31,7 +31,7 @@ __all__ = ["FD_MARGIN", "LocalProcesses", "SPAWNER_DEADLINE", "Started", "spawn"
 
 log = logging.getLogger("taylor.boss")
 
-#: What starting a worker gives: (pid, spawner token, report fd, direct spec); see LocalProcesses.start.
+#: What starting a worker gives: (pid, spawner token, report fd, direct spec); see LocalProcesses._start.
 Started = Tuple[Optional[int], Optional[int], Optional[int], Optional[DirectSpec]]
 
 
