@@ -30,7 +30,7 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .errors import InstructionsError, WorkerError, describe_exit
-from .launcher import spawn
+from .local import spawn
 from .worker import DirectSpec, Worker
 
 __all__ = ["CommandWorker", "CommandFailed", "template_keys", "expand_braces", "render", "check_template", "as_text"]
