@@ -26,13 +26,14 @@ from .errors import (
                      WorkerError,
                      WorkerTimeoutError,
 )
+from .executor import Executor
 from .report import Report, to_jsonable
 from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Boss", "Worker", "Report", "run_as_server", "batch_main", "to_jsonable",
+    "Boss", "Worker", "Executor", "Report", "run_as_server", "batch_main", "to_jsonable",
     "TaylorError", "InstructionsError", "NoWorkerFitError", "CapacityError", "BossDiedError",
     "BossClosedError", "WorkerError", "WorkerDiedError", "WorkerTimeoutError", "ReportError",
     "MemoryLimitError", "Interrupted", "RemoteTraceback", "__version__",

@@ -581,6 +581,12 @@ class Boss:
         """True once the run is over (its final report has arrived, or the boss is gone)."""
         return self._final is not None or self._reaped
 
+    def waitable(self) -> List[int]:
+        """Descriptors that turn readable when the boss sends something or dies, while the run goes
+        on (see :attr:`ended`): for a caller that waits on the boss and on other things at once
+        (``select``, ``poll``), then reads with ``wait_for_entries(timeout=0)``."""
+        return [self._fd, self._sentinel]
+
     def wait_for_entries(self, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """The worker entries that arrived since the last call, in the order the workers ended.
 
