@@ -101,6 +101,10 @@ def _fork_function(address: int, qualname: str) -> FunctionType:
 _Base = cloudpickle.Pickler if cloudpickle is not None else pickle.Pickler
 
 
+class _MadeTooLate(TypeError):
+    """A function the executor's processes cannot get: raised as it is, it says what to do."""
+
+
 class _CallPickler(_Base):
     """Pickles a call, sending the functions its executor's processes already hold by address."""
 
@@ -114,7 +118,7 @@ class _CallPickler(_Base):
                 return _fork_function, (id(obj), obj.__qualname__)
             if cloudpickle is None and _by_value_needed(obj):
                 where = "in __main__" if obj.__module__ == "__main__" else "inside a function or as a lambda"
-                raise TypeError(
+                raise _MadeTooLate(
                     f"function {obj.__qualname__} (defined {where}) was made after the Executor was created, so "
                     "its processes, forked then, do not hold it, and pickle cannot send it by name. Define it "
                     "before creating the Executor, move it to an importable module, or install cloudpickle "
@@ -129,8 +133,8 @@ def dumps_call(fn: Any, args: tuple, kwargs: Dict[str, Any], known: Mapping[int,
     buffer = io.BytesIO()
     try:
         _CallPickler(buffer, known).dump((fn, args, kwargs))
-    except TypeError:
-        raise
+    except _MadeTooLate as exc:
+        raise TypeError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - pickling fails in many ways: say which call, and why
         raise TypeError(f"the call of {getattr(fn, '__qualname__', fn)!r} cannot be sent to its process: "
                         f"{type(exc).__name__}: {exc}. Its arguments must pickle (or existed as the "

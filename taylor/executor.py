@@ -252,7 +252,7 @@ class Executor(_BaseExecutor):
             calls = [(fn, chunk) for chunk in _chunks(calls, chunksize)]
             fn = run_chunk
         name = options.get("name")
-        futures = [self._submit(fn, args, {}, options if name is None else dict(options, name=f"{name}[{i}]"))
+        futures = [self._submit(fn, args, {}, options if name is None else dict(options, name=f"{name}-{i}"))
                    for i, args in enumerate(calls)]
         return _results(futures, end_time, chunksize > 1)
 
