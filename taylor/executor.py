@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from . import checks
 from .boss import Boss
 from .calls import CANCELLED, Claims, Payload, dumps_call, fork_time_functions, forking_with, run_chunk
-from .errors import InstructionsError, RemoteTraceback, TaylorError, WorkerError
+from .errors import InstructionsError, Interrupted, RemoteTraceback, TaylorError, WorkerError
 from .report import DONE, FAILED
 from .schedulers import MaxThreadsScheduler
 
@@ -270,6 +270,13 @@ class Executor(_BaseExecutor):
             self._wake()
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Wait for the calls, as concurrent.futures does; but a with-block left by Ctrl-C or
+        SIGTERM (:class:`~taylor.errors.Interrupted`) stops them: nobody waits for their results."""
+        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, Interrupted))
+        self.shutdown(wait=True, cancel_futures=interrupted)
+        return False
 
     def _wake(self) -> None:
         """Wake the manager (called holding ``_lock``, which guards the pipe's closing)."""

@@ -303,6 +303,19 @@ def test_shutdown_cancel_futures_stops_running_calls_and_cancels_the_rest(tmp_pa
     assert not marker.exists()
 
 
+def test_a_with_block_left_by_ctrl_c_stops_its_calls(tmp_path):
+    started = tmp_path / "started"
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        with taylor.Executor(max_workers=1) as ex:
+            running = ex.submit(hold_until, started, tmp_path / "never")
+            queued = ex.submit(square, 2)
+            wait_for_file(started)
+            raise KeyboardInterrupt
+    assert time.monotonic() - start < 15
+    assert running.cancelled() and queued.cancelled()
+
+
 def test_a_killed_boss_breaks_the_executor_clearly():
     ex = taylor.Executor(max_workers=1)
     try:
