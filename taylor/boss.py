@@ -112,6 +112,7 @@ class Boss:
         self._entries: List[Dict[str, Any]] = []
         self._given = 0  # entries already handed out by wait_for_entries()
         self._submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
+        self._index: Dict[str, int] = {}  # position of each instruction set in the run, until it ends
         self._running: Dict[str, int] = {}  # process group of each running worker, by name
         self._decoder = wire.Decoder()
         self._demoted = 0  # entries the boss counted done whose report could not be unpickled here
@@ -225,6 +226,7 @@ class Boss:
         elif kind == "entry":
             self._running.pop(payload["name"], None)
             instructions = dict(self._submitted.pop(payload["name"], None) or {"name": payload["name"]})
+            payload["index"] = self._index.pop(payload["name"], None)
             ticket = payload.pop("scheduler_ticket", None)
             if ticket is not None:
                 instructions["scheduler_ticket"] = ticket
@@ -485,8 +487,9 @@ class Boss:
             validate(instructions)
         messages = [self._encode_chunk(instructions[i:i + _CHUNK_ROWS])
                     for i in range(0, len(instructions), _CHUNK_ROWS)]
-        for item in instructions:
+        for position, item in enumerate(instructions, len(self._names)):
             self._submitted[item["name"]] = dict(item)
+            self._index[item["name"]] = position
         for data in messages:
             self._send("instructions", None, data)
         self._names = names
