@@ -345,9 +345,13 @@ class Executor(_BaseExecutor):
 
     def _complete(self, entry: Dict[str, Any]) -> None:
         future = self._futures.pop(entry["name"], None)
+        status, report = entry["status"], entry["report"]
+        # The boss handle keeps every entry for its final report, which nobody reads here: it keeps
+        # them without the call's payload and result, which belong to the future alone.
+        entry.update(report=None, instructions={"name": entry["name"]})
+        tb = entry.pop("traceback", None)
         if future is None:
             return
-        status, report = entry["status"], entry["report"]
         if report is CANCELLED or status not in (DONE, FAILED):  # cancelled before it started, or stopped
             future._stop()
         elif status == DONE:
@@ -355,7 +359,6 @@ class Executor(_BaseExecutor):
         else:
             if not isinstance(report, BaseException):
                 report = WorkerError(f"call {entry['name']!r} failed: {report!r}", worker=entry["name"])
-            tb = entry.get("traceback")
             if tb and report.__cause__ is None:
                 report.__cause__ = RemoteTraceback(tb)
             _settle(future.set_exception, report)

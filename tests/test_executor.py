@@ -6,12 +6,14 @@ import asyncio
 import concurrent.futures as cf
 import ctypes
 import faulthandler
+import gc
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from pathlib import Path
 
 import psutil
@@ -56,6 +58,14 @@ def segfault():
 
 def apply(fn, x):
     return fn(x)
+
+
+class Result:
+    """A result that can be watched for its release (weakref)."""
+
+
+def make_result():
+    return Result()
 
 
 def touch(path):
@@ -154,6 +164,15 @@ def test_main_module_functions_defined_before_the_executor_work_later_ones_say_w
     lines = out.stdout.splitlines()
     assert lines[0] == "2"
     assert lines[1].startswith("TypeError: function after (defined in __main__) was made after the Executor")
+
+
+def test_results_belong_to_their_futures_alone():
+    with taylor.Executor(max_workers=1) as ex:
+        future = ex.submit(make_result)
+        ref = weakref.ref(future.result(timeout=20))
+        del future
+        gc.collect()
+        assert ref() is None  # not kept by the executor for a final report nobody reads
 
 
 def test_unpicklable_arguments_raise_at_submit():
