@@ -26,11 +26,20 @@ from .errors import (
                      WorkerError,
                      WorkerTimeoutError,
 )
-from .executor import Executor
 from .report import Report, to_jsonable
 from .worker import Worker
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``taylor.Executor``, imported on first use: its Worker class, once registered, is one more
+    class footprints examines for every instruction set of every Boss in the process."""
+    if name == "Executor":
+        from .executor import Executor
+
+        return Executor
+    raise AttributeError(f"module 'taylor' has no attribute {name!r}")
 
 __all__ = [
     "Boss", "Worker", "Executor", "Report", "run_as_server", "batch_main", "to_jsonable",
