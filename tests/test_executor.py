@@ -120,6 +120,18 @@ def test_submit_returns_a_real_future_and_map_keeps_input_order():
         assert list(ex.map(square, range(7), chunksize=3)) == [x * x for x in range(7)]
 
 
+def test_map_timeout_bounds_the_wait_for_results_and_cancels_the_rest():
+    ex = taylor.Executor(max_workers=1)
+    try:
+        results = ex.map(nap_then, [30, 0], ["slow", "never"], timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            next(results)
+        assert time.monotonic() - start < 10
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 def test_lambdas_and_closures_made_before_the_executor_run_without_pickling():
     with taylor.Executor(max_workers=2) as ex:
         assert ex.submit(add_offset, 1).result(timeout=20) == 11
