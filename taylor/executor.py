@@ -168,6 +168,7 @@ class Executor(_BaseExecutor):
         self._known = weakref.WeakValueDictionary(functions)
         del functions  # the boss holds them; here, only while the caller does
         self.name = name
+        self._owner = os.getpid()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -209,6 +210,9 @@ class Executor(_BaseExecutor):
     def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: Dict[str, Any], options: Dict[str, Any]) -> Future:
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
+        if os.getpid() != self._owner:
+            raise RuntimeError(f"this executor{self._label()} belongs to process {self._owner}, which created it; "
+                               "a forked child must create its own Executor")
         data = dumps_call(fn, args, kwargs, self._known)
         with self._lock:
             if self._broken is not None:

@@ -347,6 +347,20 @@ def test_a_with_block_left_by_ctrl_c_stops_its_calls(tmp_path):
     assert running.cancelled() and queued.cancelled()
 
 
+def test_a_forked_child_cannot_use_its_parents_executor():
+    with taylor.Executor(max_workers=1) as ex:
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the executor has no manager thread, and must say so
+            try:
+                ex.submit(square, 1)
+            except RuntimeError as exc:
+                os._exit(7 if "belongs to process" in str(exc) else 1)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 7
+        assert ex.submit(square, 3).result(timeout=20) == 9
+
+
 def test_a_killed_boss_breaks_the_executor_clearly():
     ex = taylor.Executor(max_workers=1)
     try:
