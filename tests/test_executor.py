@@ -376,6 +376,27 @@ def test_a_killed_boss_breaks_the_executor_clearly():
 
 
 # ---------------------------------------------------------------- nothing left behind
+def test_an_executor_never_shut_down_finishes_its_calls_at_exit(tmp_path):
+    script = tmp_path / "forgetful.py"
+    script.write_text(textwrap.dedent(f"""
+        import time, pathlib
+        import taylor
+
+        def late_write():
+            time.sleep(0.5)
+            pathlib.Path({str(tmp_path / "written")!r}).write_text("done")
+
+        ex = taylor.Executor(max_workers=1)
+        ex.submit(late_write)
+        print(ex._boss.pid, flush=True)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "written").read_text() == "done"
+    assert gone([int(out.stdout.split()[0])], within=5.0) == []
+
+
 CALLER = """
 import sys, time
 import taylor
