@@ -356,8 +356,12 @@ class Executor(_BaseExecutor):
         tb = entry.pop("traceback", None)
         if future is None:
             return
-        if report is CANCELLED or status not in (DONE, FAILED):  # cancelled before it started, or stopped
-            future._stop()
+        if report is CANCELLED or (status not in (DONE, FAILED) and self._cancel):
+            future._stop()  # cancelled before it started, or stopped by shutdown(cancel_futures=True)
+        elif status not in (DONE, FAILED):  # stopped by no request of ours: the boss was told to stop
+            _settle(future.set_exception, WorkerError(
+                f"call {entry['name']!r} (pid {entry.get('pid')}) was stopped before it ended: the executor's "
+                "boss process was stopped (SIGTERM to it?)", worker=entry["name"], pid=entry.get("pid")))
         elif status == DONE:
             _settle(future.set_result, report)
         else:

@@ -347,6 +347,24 @@ def test_a_with_block_left_by_ctrl_c_stops_its_calls(tmp_path):
     assert running.cancelled() and queued.cancelled()
 
 
+def test_a_boss_stopped_by_sigterm_fails_the_calls_and_says_so(tmp_path):
+    started = tmp_path / "started"
+    ex = taylor.Executor(max_workers=1)
+    try:
+        running = ex.submit(hold_until, started, tmp_path / "never")
+        queued = ex.submit(square, 2)
+        wait_for_file(started)
+        os.kill(ex._boss.pid, signal.SIGTERM)
+        with pytest.raises(taylor.WorkerError, match="was stopped before it ended"):
+            running.result(timeout=20)
+        with pytest.raises(cf.BrokenExecutor, match="ended before this call did"):
+            queued.result(timeout=20)
+        with pytest.raises(cf.BrokenExecutor):
+            ex.submit(square, 1)
+    finally:
+        ex.shutdown(wait=True)
+
+
 def test_a_forked_child_cannot_use_its_parents_executor():
     with taylor.Executor(max_workers=1) as ex:
         pid = os.fork()
