@@ -75,8 +75,8 @@ def rate(kind: str, size: int, threads: int, warmup: int, measure: int) -> float
         boss.set_instructions(dict(benchnoop=True), instructions(kind, size))
         boss.make_them_work()
         target = warmup + measure
-        boss._pump(lambda: len(boss._entries) >= target)  # progress as entries stream in
-        ends = sorted(e["end_time"] for e in boss._entries)
+        boss._process.pump(lambda: len(boss._record.entries) >= target)  # progress as entries stream in
+        ends = sorted(e["end_time"] for e in boss._record.entries)
         boss.send_signal("STOP")  # start nothing more; the rest stays pending
         boss.wait_till_finished()
     finally:

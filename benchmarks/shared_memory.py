@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the taylor of this checkout
 
 from taylor import Worker, batch_main  # noqa: E402
-from taylor.util import SharedNumpyArray  # noqa: E402
+from taylor.shared import SharedNumpyArray  # noqa: E402
 
 
 class BlockSum(Worker):

@@ -1,4 +1,4 @@
-"""Sphinx configuration: the README and the API reference from docstrings.
+"""Sphinx configuration: the manual (docs/*.rst, with parts of the README included) and the API reference.
 
 Build (warnings are errors, as in CI):  sphinx-build -W -b html docs docs/_build/html
 """

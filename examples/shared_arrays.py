@@ -13,7 +13,7 @@ import numpy
 from taylor import batch_main
 from taylor.examples import Logarithmer, MatrixProducter, Summer  # noqa: F401 - registers the workers
 from taylor.schedulers import LaxistScheduler
-from taylor.util import SharedNumpyArray
+from taylor.shared import SharedNumpyArray
 
 if __name__ == "__main__":
     # 1. Each worker takes the logarithm of one row, in place.

@@ -8,9 +8,14 @@ and sends back each worker's report::
     from taylor.examples import Sleeper  # noqa: F401 - registers the worker class
 
     batch_main(dict(wakeup_sentence='done'), dict(sleeping_time=[0.1, 0.2, 0.3]))
+
+Re-exports only (and defines ``__version__``).  It imports the caller's side (:mod:`taylor.boss`,
+:mod:`taylor.batch`), the worker, the report and the errors; never the boss loop's internals
+(:mod:`taylor.engine`) nor the command line.
 """
 
-from .boss import Boss, batch_main, run_as_server
+from .batch import batch_main, run_as_server
+from .boss import Boss
 from .errors import (
                      BossClosedError,
                      BossDiedError,

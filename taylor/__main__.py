@@ -1,4 +1,7 @@
-"""``python -m taylor``: the same as the ``taylor`` command."""
+"""``python -m taylor``: the same as the ``taylor`` command.
+
+Only starts :mod:`taylor.cli`; nothing imports it.
+"""
 
 from .cli import main
 

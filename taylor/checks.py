@@ -6,6 +6,8 @@ forever (a busy loop); an infinite one, or one past what ``epoll``/``poll``
 take (a C ``int`` of milliseconds, about 24.8 days), makes the wait raise
 ``OverflowError`` and ends the run; a negative memory lets a memory scheduler
 start more work than its cap.
+
+Depends on nothing of taylor: the Boss, the instructions and the command line all use it.
 """
 
 from __future__ import annotations

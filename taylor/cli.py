@@ -6,6 +6,10 @@ input, replacement strings, grouped output, ``--halt``, ``--retries``);
 ``taylor status`` shows a batch from its journal; ``taylor workers`` and
 ``taylor schedulers`` say what can be chosen.  Exit codes: 0 all succeeded, 1 a task
 failed, 2 usage or input error, 130 SIGINT, 143 SIGTERM.
+
+The top of the layering: it may import any module of taylor, and none imports it but ``__main__``.
+It drives runs through the public Boss API only, never the boss process (:mod:`taylor.bossprocess`)
+nor the boss loop (:mod:`taylor.engine`).
 """
 
 from __future__ import annotations
@@ -550,12 +554,6 @@ def _groups(tasks: List[Dict[str, Any]]) -> List[Dict[str, List[Any]]]:
     return groups
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    from .errors import Interrupted
-
-    raise Interrupted(f"received {signal.Signals(signum).name}", signum=signum)
-
-
 class _Tracker:
     """What the command line follows of a run: each task's attempts, its final entry, the halting rule.
 
@@ -621,6 +619,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
 
     from .boss import Boss
     from .errors import BossDiedError, Interrupted, TaylorError, WorkerError
+    from .interrupts import raise_interrupted
     from .journal import Journal
     from .output import OutputPrinter, take_output
     from .report import Report
@@ -713,7 +712,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 boss.send_signal("STOP")
 
     previous_int = signal.getsignal(signal.SIGINT)
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous_term = signal.signal(signal.SIGTERM, raise_interrupted)
     if worker_dir:
         os.environ["TAYLOR_OUTPUT_DIR"] = os.path.abspath(worker_dir)
     try:

@@ -12,6 +12,10 @@ shell-quoted, so that no value can inject shell code.  The report holds the
 exit code, the duration and the last lines of stdout and stderr; a non-zero
 exit (or death by a signal) is a task failure, a :class:`CommandFailed`
 carrying the same figures.
+
+A worker like any user's: it depends on the worker, the launcher's ``spawn`` (to start its program
+as the boss starts processes) and the sources; it must not import the boss loop, the Boss or the
+command line.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .errors import InstructionsError, WorkerError, describe_exit
-from .launcher import spawn
+from .local import spawn
 from .worker import DirectSpec, Worker
 
 __all__ = ["CommandWorker", "CommandFailed", "template_keys", "expand_braces", "render", "check_template", "as_text"]

@@ -7,6 +7,8 @@ caller's input also derive from :class:`ValueError` so that code written for the
 original system (which raised ``ValueError``/``AssertionError``) keeps catching
 them.  All of them pickle, since most are built in the boss process and travel
 to the caller.
+
+Depends on nothing of taylor: every other module may import it.
 """
 
 from __future__ import annotations

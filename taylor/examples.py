@@ -4,7 +4,10 @@ Importing this module registers them with footprints, so that instructions
 such as ``sleeping_time=0.5`` find :class:`Sleeper`.  The workers on shared
 arrays need numpy only when they run (``pip install 'taylor[numpy]'``); they
 take their arrays from ``sharedmemory_common_instructions`` (see
-:class:`taylor.util.SharedNumpyArray`).
+:class:`taylor.shared.SharedNumpyArray`).
+
+Depends only on :mod:`taylor.worker` and :mod:`taylor.shared`, as a user's workers would: never on
+the Boss, the boss loop or the command line.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict
 
-from .util import SharedNumpyArray
+from .shared import SharedNumpyArray
 from .worker import Worker
 
 __all__ = ["Sleeper", "Summer", "Logarithmer", "MatrixProducter"]

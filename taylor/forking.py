@@ -5,6 +5,9 @@ forks a worker itself when the spawner cannot: instructions too large to send,
 or no spawner).  Everything here runs in a fresh fork, where each page written
 costs a copy-on-write fault, so the child does as little as it can; and both
 fork without Python's at-fork hooks where that is safe (see :data:`bare_fork`).
+
+Depends only on :mod:`taylor.worker` (the child's body); must not import the spawner, the launcher,
+the boss loop or the Boss, which are all built on it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Pure parsing, no running: ``taylor run`` turns what a GNU parallel user
 types into taylor's rows, thread count and halting rule.
+
+Depends only on :mod:`taylor.errors`: no process, no Boss.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Everything that can be known wrong before a process starts is found here, in
 the caller, so that bad input raises at once with the culprit named: lists of
 unequal lengths, duplicate names, instructions no Worker class fits (with
 footprints' reasons), worker classes the boss cannot see.
+
+Depends only on :mod:`taylor.checks` and :mod:`taylor.errors`: it runs in the caller before any
+process exists, and must not import the worker's process side, the boss loop or the Boss.
 """
 
 from __future__ import annotations
@@ -237,7 +240,7 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
                 raise _refuse_deep(deep, description, exc) from None
             raise InstructionsError(
                 f"footprints could not examine the instructions {_short(row)}: {type(exc).__name__}: {exc}. "
-                "Large arrays belong in sharedmemory_common_instructions (see taylor.util.SharedNumpyArray)",
+                "Large arrays belong in sharedmemory_common_instructions (see taylor.shared.SharedNumpyArray)",
                 instructions=dict(row)) from exc
         if fit is None:
             whynot = collector.report_last.as_dict() if collector.report_last else {}

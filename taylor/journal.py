@@ -12,6 +12,9 @@ when its worker ends, so the journal holds everything that finished.  With
 instruction set is recognised by its instructions as the user gave them
 (:func:`row_key`), not by its position, so a resumed run may read a
 reordered or extended input.
+
+Depends only on :mod:`taylor.report`: never on the Boss, the boss loop or the command line (``taylor
+status`` reads a journal with none of them).
 """
 
 from __future__ import annotations

@@ -1,302 +1,164 @@
-"""Where a worker runs: here, a process forked by the spawner (or the boss).
+"""The launcher seam: what the boss's event loop asks of whatever runs its workers.
 
-This is the one seam between the boss's event loop and the processes it
-drives.  The loop asks :class:`LocalProcesses` to start a worker (it gets back
-a pid and the read end of the worker's report channel, or, for a task that
-is one program run, the program's own pid and no channel), to signal a worker
-and everything the worker started, and to say which workers ended (the boss
-reaps its own children on SIGCHLD, the spawner reaps those it forked).  A
-launcher for another engine (a cluster) would offer the same few calls.
+The engine (:mod:`taylor.engine`) talks to its launcher only through the
+instance methods of :class:`Launcher`, and the launcher talks back only
+through the :class:`Host` the engine gives it at :meth:`Launcher.open`:
+
+* the launcher **starts** a worker (:meth:`Launcher.start`), and later says
+  it started (:meth:`Host.started`, with its process id), that it ended
+  (:meth:`Host.ended`, its outcome set on the worker), that it was lost or
+  never started (:meth:`Host.lost`), or that it was never started and must
+  wait in the queue again (:meth:`Host.requeue`);
+* the engine **signals** workers (:meth:`Launcher.terminate`,
+  :meth:`Launcher.kill`, :meth:`Launcher.signal`) and **closes** the
+  launcher at the end of the run, whose last ends come back as usual;
+* the launcher **watches** its own descriptors in the engine's one wait
+  (:meth:`Host.watch`) and sets its own deadlines (:meth:`Host.at`): it never
+  blocks and never polls.
+
+:class:`taylor.local.LocalProcesses` (processes forked here, by the spawner
+or the boss) is the launcher of a local run.  A cluster launcher plugs in
+behind the same methods; for :class:`taylor.cluster.launcher.DaskLauncher`, an
+adapter would map ``open`` to its ``open`` and :meth:`Host.watch` of the
+descriptor it returns, ``start`` to its ``start(worker.name, cls, attributes,
+memory=worker.memory, timeout=...)`` (no report channel: None), its wake-ups and
+:meth:`Launcher.update` to its ``ended()`` (each :class:`~taylor.cluster.launcher.Ended`'s outcome, lost
+and timed_out set on the worker, then :meth:`Host.ended` with its exit code),
+``signal`` and ``kill`` to its ``signal`` and ``cancel``, :meth:`Launcher.batch`
+to its ``batch``, ``close`` to its ``cancel_all`` and ``close``.  This module
+must not depend on the engine, the spawner or any launcher's own machinery.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import os
 import signal
-import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
-from .forking import _signal, fork_worker, worker_handlers
-from .spawner import News, Spawner
-from .worker import DirectSpec, direct_capable, direct_outcome, instantiate, prepare_class
-
-if TYPE_CHECKING:
-    import psutil
-
-__all__ = ["FD_MARGIN", "LocalProcesses", "NOT_NOW", "Started", "spawn"]
-
-#: What starting a worker gives: (pid, spawner token, report fd, direct spec); see LocalProcesses.start.
-Started = Tuple[Optional[int], Optional[int], Optional[int], Optional[DirectSpec]]
-
-
-#: Signals a command gets at their default disposition: Python (and the boss) ignore or handle them.
-_DEFAULT_SIGNALS = [getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGCHLD")
-                    if hasattr(signal, name)]
-
-
-def spawn(argvs: List[List[str]], out: int, err: int, env: Mapping[Any, Any], **options: Any) -> int:
-    """Start the first of ``argvs`` that can start (stdin from /dev/null, stdout ``out``, stderr
-    ``err``); return its pid.  The last one's OSError is raised if none can.
-
-    ``os.posix_spawn`` (a vfork under the hood) costs a fraction of a fork of
-    this process, which matters for batches of short commands.  Python
-    ignores SIGPIPE; the command gets it back at its default, as from a shell.
-    ``options`` go to ``os.posix_spawnp`` (``setpgroup``, ``file_actions``...).
-    """
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
-    actions += options.pop("file_actions", ())
-    for position, argv in enumerate(argvs):
-        try:
-            return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsigdef=_DEFAULT_SIGNALS,
-                                   **options)
-        except OSError:  # not found, not executable...: the next one (the shell) says why
-            if position == len(argvs) - 1:
-                raise
-    raise ValueError("nothing to run")
-
-
-def _fd_usage() -> Tuple[int, int]:
-    """(RLIMIT_NOFILE's soft limit, descriptors open now) of this process; a guess where it cannot tell."""
-    try:
-        import resource
-
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        used = len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
-    except (ImportError, OSError, ValueError):
-        return 256 + FD_MARGIN, 0
-    if limit == resource.RLIM_INFINITY:
-        limit = 1 << 20
-    return limit, used
-
-
-#: Descriptors the boss keeps for itself beyond those open when it starts its first worker: the
-#: look-ups of /proc (stopping workers lists the process table), a log file, a library's own.
-FD_MARGIN = 16
+__all__ = ["Host", "Launcher", "NOT_NOW"]
 
 #: Errors that say "not now" when starting a worker: no descriptor (for this process, or the system)
 #: for its report pipe, or no process to spare for its fork.  Running workers free them as they end.
 NOT_NOW = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN})
 
 
-class LocalProcesses:
-    """Starts workers as forked children of the spawner (see :mod:`taylor.spawner`),
-    or of the (single-threaded) boss when the spawner cannot, and a direct
-    task's program as a spawned child of the boss.
+class Host(Protocol):
+    """What a launcher may ask of the engine that drives it (implemented by :class:`taylor.engine.Engine`)."""
 
-    ``private_fds`` returns the boss's own descriptors (control channel,
-    poller, other workers' channels...), which every child closes at once so
-    that it holds nothing of the boss but its own report channel.  ``shared``
-    holds the instructions every worker inherits rather than receives.
+    def watch(self, fd: int, callback: Callable[[int, int], None]) -> None:
+        """Call ``callback(fd, events)`` whenever ``fd`` is readable, from the engine's one wait."""
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` (before closing it)."""
+
+    def at(self, delay: float, action: Callable[[Any], None], subject: Any) -> None:
+        """Call ``action(subject)`` in ``delay`` seconds, unless ``subject.finished`` is true by then."""
+
+    def started(self, worker: Any, pid: Optional[int]) -> None:
+        """``worker`` runs now, as process ``pid`` of this host, the leader of its process group, which
+        the caller kills should the boss die outright (None: it has no process here)."""
+
+    def ended(self, worker: Any, exitcode: Optional[int]) -> None:
+        """``worker`` ended, its process with ``exitcode``; its ``outcome``, ``lost``, ``timed_out`` are set."""
+
+    def lost(self, worker: Any, why: str) -> None:
+        """``worker`` ended unseen or could not start (``why``): a failure."""
+
+    def refused(self, worker: Any, why: str) -> bool:
+        """``worker`` could not start for want of a process or descriptor (``why``): True if it was put
+        back to wait for a free slot (others run), False if it must fail (see :meth:`lost`)."""
+
+    def requeue(self, workers: list) -> None:
+        """``workers`` were never started: their instructions go back to the front of the queue, in order."""
+
+
+class Launcher:
+    """Where workers run; the engine's only way to start, signal and hear of them.
+
+    Subclasses implement every method that raises :class:`NotImplementedError`;
+    the others have defaults that suit a launcher with no local resources.
+    The descriptor budget (``fds_held``, ``fd_budget``, ``fd_limit``,
+    :meth:`fd_room`) holds a run back when the boss itself would run short of
+    descriptors; a launcher that holds none per worker leaves it at zero.
     """
 
-    def __init__(self, private_fds: Callable[[], Iterable[int]], max_report_bytes: int,
-                 shared: Optional[Mapping[str, Any]] = None) -> None:
-        self._private_fds = private_fds
-        self._max_report_bytes = max_report_bytes
-        self._shared = dict(shared or {})
-        # The caller's SIGPIPE, for the workers: the boss ignores SIGPIPE.
-        self._handlers = worker_handlers(_signal.getsignal(signal.SIGPIPE))
-        self.fds_held = 0  # descriptors the boss holds for running workers: report channels, direct tasks' files
-        self._direct_fds = 0
-        self._measure_fds()
-        self.spawner: Optional[Spawner] = None
-
-    def _measure_fds(self) -> None:
-        """Set the descriptor budget of the workers from what this process has and uses now.
-
-        Each running worker process costs the boss one descriptor (its report
-        channel's read end), a direct task two (its stdout and stderr); starting
-        one costs a second one a moment (the pipe's write end, sent to the
-        spawner or kept across the boss's own fork, then closed).  Requests in
-        flight to the spawner carry that write end, each for a worker whose read
-        end is counted, so they stay within the budget too.  The caller holds
-        nothing per worker.  Direct tasks may take half of the budget, so that
-        many running tasks fall back to worker processes (one descriptor each).
-        """
-        self.fd_limit, used = _fd_usage()
-        self.fd_budget = max(0, self.fd_limit - (used - self.fds_held) - FD_MARGIN)
-        self._direct_budget = self.fd_budget // 2
+    fds_held = 0  # descriptors the boss holds for running workers (0: starts are never held back for them)
+    fd_budget = 0
+    fd_limit = 0
 
     def fd_room(self) -> int:
-        """How many more worker processes the boss's descriptors allow now (see :meth:`_measure_fds`)."""
-        return self.fd_budget - self.fds_held - 1
+        """How many more workers the boss's descriptors allow now."""
+        return 1 << 30
 
-    def open(self) -> Optional[int]:
-        """Start the spawner; the descriptor to watch for its news, None without one."""
-        try:
-            return self._open()
-        finally:
-            self._measure_fds()  # the boss is set up: what it uses from now on is its own
+    def open(self, host: Host) -> None:
+        """Get ready to start workers (before any instruction arrives); watch what must be watched."""
+        self.host = host
 
-    def _open(self) -> Optional[int]:
-        if os.environ.get("TAYLOR_SPAWNER", "1") == "0":  # the boss forks every worker itself
-            return None
-        self.spawner = Spawner.start(self._private_fds(), self._shared, self._max_report_bytes, self._handlers)
-        return None if self.spawner is None else self.spawner.fileno()
+    def start(self, worker: Any) -> Optional[int]:
+        """Start ``worker`` (a :class:`~taylor.running.RunningWorker`): its class is
+        ``worker.instructions.worker_class``.  Returns the read end of its report channel, which the
+        engine reads and closes with :meth:`close_channel`, or None when it has none (its outcome is
+        set when it ends).  Calls :meth:`Host.started` now, or later once it runs.
 
-    def start(self, cls: type, attributes: Mapping[str, Any]) -> Started:
-        """Start a worker running ``cls(attributes + shared)._task()``.
-
-        Returns (pid, None, report fd, None) when the boss forked it, and
-        (None, token, report fd, None) when the spawner was asked to: its pid
-        comes later as news (see :meth:`news`).  When the worker's class offers
-        the task as a program run (:meth:`~taylor.worker.Worker._direct_spec`),
-        the boss spawns that program itself and returns (its pid, None, None,
-        the spec): no Python process, no report channel; the report is made at
-        its end by :meth:`direct_outcome`.
-
-        An :class:`OSError` whose errno is in :data:`NOT_NOW` means that the
-        boss has no descriptor or process to spare now: nothing was started.
+        An :class:`OSError` whose errno is in :data:`NOT_NOW` means there is nothing to spare to start
+        it now: nothing was started, and it waits for a running worker's end.
         """
-        if direct_capable(cls) and self._direct_fds + 2 <= self._direct_budget:
-            spec = self._start_direct(cls, {**attributes, **self._shared})
-            if spec is not None:
-                return spec.pid, None, None, spec
-        read_fd, write_fd = os.pipe()
-        try:
-            token = None if self.spawner is None else self.spawner.ask(cls, attributes, write_fd)
-            pid = None
-            if token is None:
-                prepare_class(cls)
-                pid = fork_worker(cls, {**attributes, **self._shared}, write_fd,
-                                  [read_fd, *self._private_fds()], self._handlers, self._max_report_bytes)
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        os.set_blocking(read_fd, False)
-        self.fds_held += 1
-        return pid, token, read_fd, None
+        raise NotImplementedError
+
+    def batch(self) -> ContextManager[Any]:
+        """What a dispatch wraps its starts in: a launcher that sends starts together (one message
+        for many, as :meth:`taylor.cluster.launcher.DaskLauncher.batch`) sends them at its end."""
+        return _NO_BATCH
 
     def close_channel(self, fd: int) -> None:
-        """Close a worker's report channel (the read end :meth:`start` returned)."""
-        self.fds_held -= 1
-        os.close(fd)
+        """Close a worker's report channel (what :meth:`start` returned)."""
+        raise NotImplementedError
 
-    def news(self) -> List[News]:
-        """What the spawner said since the last call (see :mod:`taylor.spawner`)."""
-        return [] if self.spawner is None else self.spawner.news()
+    def alive(self) -> int:
+        """How many workers whose start was announced (:meth:`Host.started`) have not ended yet."""
+        raise NotImplementedError
 
-    @property
-    def spawner_alive(self) -> bool:
-        return self.spawner is not None and self.spawner.alive
+    def update(self) -> None:
+        """Take in, now and without blocking, what the launcher has to tell (starts, ends)."""
 
-    @property
-    def spawner_pid(self) -> Optional[int]:
-        return None if self.spawner is None else self.spawner.pid
+    def reap(self) -> None:
+        """The boss got SIGCHLD: collect the ends of its own children."""
 
-    def close(self) -> Tuple[List[News], Optional[Set[int]]]:
-        """End the spawner (if any); the kernel kills the workers it forked with it.
-        Returns what it said before it ended, and its children then (see :meth:`Spawner.close`)."""
-        spawner, self.spawner = self.spawner, None
-        return ([], set()) if spawner is None else spawner.close()
+    def ended(self, worker: Any, exitcode: Optional[int]) -> Optional[int]:
+        """``worker``'s end is being entered: release what it held, finish its outcome if the launcher
+        makes it; returns the exit code its entry shows."""
+        return exitcode
 
-    def reaped(self, pid: int) -> bool:
-        """Whether ``pid``, a child the boss reaped, was the spawner."""
-        if self.spawner is None or pid != self.spawner.pid:
-            return False
-        self.spawner.pid = None  # nothing left to reap
-        return True
+    def signal(self, worker: Any, signum: int) -> None:
+        """Send ``signum`` to ``worker`` (and what it started), if it runs."""
+        raise NotImplementedError
 
-    def _start_direct(self, cls: type, attributes: Mapping[str, Any]) -> Optional[DirectSpec]:
-        """Spawn the program of a direct task, as a worker process would have: None if it cannot be.
+    def terminate(self, workers: list) -> None:
+        """Ask each of ``workers`` (whose ``stop_requested`` is set) to stop: SIGTERM, or alike.
+        One that has not started yet is asked as soon as it does."""
+        for worker in workers:
+            self.signal(worker, signal.SIGTERM)
 
-        Anything that goes wrong here (a bad template, an unwritable log
-        directory, no program to start) falls back to a worker process, which
-        meets the same error and reports it as that worker's failure.
-        """
-        try:
-            worker = instantiate(cls, attributes)
-            spec = worker._direct_spec()
-        except Exception:  # noqa: BLE001 - the worker process will say what is wrong
-            return None
-        if spec is None:
-            return None
-        spec.worker = worker
-        self._direct_fds += len(spec.fds)
-        self.fds_held += len(spec.fds)
-        # posix_spawn keeps inheritable descriptors: those of the boss must not reach the program.
-        closes = []
-        for fd in self._private_fds():
-            try:
-                if os.get_inheritable(fd):
-                    closes.append((os.POSIX_SPAWN_CLOSE, fd))
-            except OSError:
-                pass
-        spec.start = time.monotonic()
-        try:
-            spec.pid = spawn(spec.argvs, spec.stdout, spec.stderr, spec.env, setpgroup=0, file_actions=closes)
-        except OSError:
-            self.release(spec)
-            return None
-        return spec
+    def kill(self, worker: Any, ending: bool = False) -> None:
+        """End ``worker`` now (its grace is over; ``ending``: the whole run ends); its end comes as usual."""
+        self.signal(worker, signal.SIGKILL)
 
-    def direct_outcome(self, spec: DirectSpec, exitcode: int) -> tuple:
-        """The outcome message for a direct task whose program ended with ``exitcode``."""
-        return direct_outcome(spec, exitcode, time.monotonic() - spec.start, self._max_report_bytes)
+    def close(self) -> None:
+        """End the run's side of the launcher; ends still owed are told before this returns."""
 
-    def release(self, spec: DirectSpec) -> None:
-        """Close what a direct task held in the boss."""
-        fds = spec.fds
-        self._direct_fds -= len(fds)
-        self.fds_held -= len(fds)
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        spec.stdout = spec.stderr = -1
+    def drain(self) -> None:
+        """The engine's loop failed: end every worker at once and tell their ends, blocking if need be."""
+        self.close()
 
-    @staticmethod
-    def has_ended(pid: int) -> bool:
-        """Whether child ``pid`` has ended (and awaits reaping), without reaping it."""
-        waitid = getattr(os, "waitid", None)
-        if waitid is None:
-            return False
-        try:
-            return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:
-            return True
 
-    @staticmethod
-    def descendants(pids: Iterable[int]) -> Dict[int, List[psutil.Process]]:
-        """Processes started by each worker of ``pids`` (any depth), as far as can be seen now.
+_NO_BATCH = contextlib.nullcontext()
 
-        One look at the process table serves all of them: stopping a thousand
-        workers must not scan the table a thousand times.
-        """
-        import psutil  # here, not at the top: the spawner, and so every fork, is smaller without it
 
-        children: Dict[int, List[psutil.Process]] = {}
-        for proc in psutil.process_iter(["ppid"]):
-            ppid = proc.info["ppid"]
-            if ppid:
-                children.setdefault(ppid, []).append(proc)
-        result = {}
-        for pid in pids:
-            found, stack = [], [pid]
-            while stack:
-                for child in children.get(stack.pop(), ()):
-                    found.append(child)
-                    stack.append(child.pid)
-            result[pid] = found
-        return result
+def __getattr__(name: str) -> Any:
+    # The local launcher's names, where they were before it had a module of its own.
+    if name in ("LocalProcesses", "spawn", "FD_MARGIN", "Started"):
+        from . import local
 
-    @staticmethod
-    def signal(pid: int, signum: int, others: Iterable[psutil.Process] = ()) -> None:
-        """Send ``signum`` to worker ``pid``, its process group and ``others``."""
-        try:
-            os.killpg(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for proc in others:
-            try:
-                proc.send_signal(signum)  # psutil checks the pid was not reused
-            except Exception:  # noqa: BLE001 - psutil.Error: gone, or not ours
-                pass
+        return getattr(local, name)
+    raise AttributeError(name)

@@ -6,6 +6,8 @@ line by line as it comes (``--line-buffer``), each line optionally prefixed
 with the task's values (``--tag``).  Small outputs arrive inside the task's
 report (the boss had them in its scratch file anyway); large ones as files,
 streamed to the terminal in chunks, never held whole in memory.
+
+Depends on nothing of taylor: the command line hands it files and reports.
 """
 
 from __future__ import annotations

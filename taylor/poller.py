@@ -3,6 +3,8 @@
 A thin layer rather than :mod:`selectors`: the boss registers and drops one
 descriptor per worker, so the per-call cost of the generic layer shows in the
 task rate.
+
+Depends on nothing of taylor and knows nothing of workers: descriptors and callbacks only.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ On a terminal it is one line redrawn in place, taken away before any task
 output is printed (:meth:`Progress.clear`) so that the two never mix; on a
 file or pipe it is a plain status line now and then (every
 ``plain_interval`` seconds, and at the end), without carriage returns.
+
+Depends on nothing of taylor: the command line feeds it counts.
 """
 
 from __future__ import annotations

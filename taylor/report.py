@@ -25,6 +25,9 @@ exception on failure), ``traceback`` (on failure), ``instructions``, ``pid``,
 instruction set among all those given to the run (0 for the first row of the
 first ``set_instructions``), which :attr:`Report.in_order` sorts by.
 :func:`to_jsonable` turns any of it into plain JSON types.
+
+Depends on nothing of taylor: the boss, the caller and the command line all build reports, so it
+must import none of them.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ is not ``1.1``, ``true`` is not ``True``; a Worker class converts them by
 its footprint's declared types.  JSON and YAML keep their types, except that
 with ``as_written`` numbers keep their text (``1.10``) so that a command
 sees them as written.
+
+Depends only on :mod:`taylor.instructions` and :mod:`taylor.errors`: parsing, no process, no Boss.
 """
 
 from __future__ import annotations

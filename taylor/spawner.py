@@ -26,6 +26,9 @@ Workers are forked with :data:`~taylor.forking.bare_fork`, which runs none of
 Python's at-fork hooks (they ran once, in this process's own fork, and cost
 a worker half of its CPU), while this process is single-threaded;
 ``TAYLOR_FORK_HOOKS=1`` asks for ``os.fork``.
+
+Depends on forking, instructions (class references) and the worker; must not import the launcher or
+the boss loop that drive it, nor the Boss.
 """
 
 from __future__ import annotations

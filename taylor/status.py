@@ -3,6 +3,8 @@
 The journal (see :mod:`taylor.journal`) holds a line when a run starts
 (its total and process), when a task is seen running and when it ends; this
 module only reads it, so that it works on a journal being written.
+
+Depends only on :mod:`taylor.journal`: no Boss, no process.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ incrementally (:class:`Decoder`), so the boss never blocks on a slow or dead
 peer: it reads what is there and waits for the rest with everything else.
 Writers in the boss queue bytes (:class:`Outbox`) and flush them when the
 channel is writable, so a caller that does not read cannot stall the boss.
+
+Depends on nothing of taylor: every process speaks it, so it imports none of their modules.
 """
 
 from __future__ import annotations

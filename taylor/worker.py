@@ -6,6 +6,10 @@ instruction set; in it, :func:`run_child` builds the worker, runs the
 scheduler's hooks and the task, sends exactly one message back (the result, or
 the exception with its traceback) and exits without running the parent's
 clean-up handlers.
+
+Depends on :mod:`taylor.wire`, :mod:`taylor.errors` and the host's CPUs
+(:mod:`taylor.schedulers.host`); must not import the Boss, the boss loop, the spawner or the
+launcher: a worker's process knows only its own task.
 """
 
 from __future__ import annotations

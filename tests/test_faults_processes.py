@@ -101,6 +101,26 @@ def test_boss_killed_during_wait_raises_boss_died_with_entries_and_workers_die()
         _kill(_alive(workers))
 
 
+def test_boss_killed_lists_the_work_it_took_along_running_and_never_started():
+    boss = run_as_server(None, dict(crash=["hang"] * 3, name=["h1", "h2", "h3"]),
+                         scheduler=MaxThreadsScheduler(max_threads=1))
+    pids = []
+    try:
+        _until(lambda: boss.get_report()["running"] == ["h1"], what="the first worker")
+        pids = [p.pid for p in _until(lambda: _children(boss.pid), what="its process")]
+        os.kill(boss.pid, signal.SIGKILL)
+        with pytest.raises(taylor.BossDiedError) as info:
+            boss.wait_till_finished()
+        report = info.value.report
+        assert report.workers == [] and report["running"] == ["h1"]
+        assert sorted(p["name"] for p in report["pending"]) == ["h2", "h3"]
+        assert all(p["crash"] == "hang" for p in report["pending"])  # the instructions themselves
+        assert not _gone(pids, 2.0), "workers outlived their boss"
+    finally:
+        boss.close()
+        _kill(_alive(pids))
+
+
 def test_programs_started_with_a_parent_death_signal_end_with_a_killed_boss(tmp_path):
     """The documented protection for programs a worker starts, when the boss is killed outright."""
     pidfile = str(tmp_path / "tree.json")
@@ -272,7 +292,7 @@ def test_boss_ending_while_caller_sends_a_large_batch_does_not_deadlock():
         # set_instructions would raise now (the abort is on its way): what it sends when its
         # batch crosses the abort is sent as it would, unread news notwithstanding.
         batch = [dict(noop=True, payload=p, name=f"late-{i}") for i, p in enumerate(payloads[::-1])]
-        boss._sock.sendall(wire.encode(("instructions", batch)))
+        boss._process.sock.sendall(wire.encode(("instructions", batch)))
         with pytest.raises(taylor.WorkerDiedError) as info:
             boss.wait_till_finished()
         assert len(info.value.report["pending"]) == 3000

@@ -20,7 +20,7 @@ import pytest
 from processes import alive, gone, spawner_of, workers_of
 
 import taylor
-from taylor import Boss, Worker, engine, run_as_server
+from taylor import Boss, Worker, local, run_as_server
 from taylor import boss as boss_module
 from taylor.forking import worker_handlers
 from taylor.schedulers import LaxistScheduler, MaxThreadsScheduler
@@ -210,7 +210,7 @@ def test_a_stopped_spawner_is_given_up_on_and_each_task_runs_once_forked_by_the_
     """Past the spawner's deadline the boss kills it, with the worker it had forked (reported so),
     and forks the requests it never answered itself: each runs exactly once."""
     # The boss, forked from here, inherits it (raising=False: the test also runs against older code).
-    monkeypatch.setattr(engine, "SPAWNER_DEADLINE", 1.0, raising=False)
+    monkeypatch.setattr(local, "SPAWNER_DEADLINE", 1.0, raising=False)
     tally = tmp_path / "tally"
     boss = Boss(scheduler=LaxistScheduler(), on_error="continue", stop_grace=0.5)
     started = []
@@ -239,7 +239,7 @@ def test_a_stopped_spawner_is_given_up_on_and_each_task_runs_once_forked_by_the_
 def test_a_spawner_stopped_during_an_abort_does_not_hold_the_run(monkeypatch):
     """The run ends: the spawner cannot say its workers ended, and what it was asked to fork is
     listed as never started; the boss does not wait for the long deadline to end the run."""
-    monkeypatch.setattr(engine, "SPAWNER_DEADLINE", 600.0, raising=False)
+    monkeypatch.setattr(local, "SPAWNER_DEADLINE", 600.0, raising=False)
     boss = Boss(scheduler=LaxistScheduler(), stop_grace=0.5)
     started = []
     try:
@@ -294,7 +294,7 @@ def test_requests_a_killed_spawner_never_answered_run_once_or_fail_never_twice(t
 def test_a_boss_and_spawner_suspended_together_keep_the_spawner(tmp_path, monkeypatch):
     """A whole job suspended (every process stopped, then continued) is no stuck spawner: the boss
     meets its deadline late, sees that it was held up itself, and gives the spawner a new one."""
-    monkeypatch.setattr(engine, "SPAWNER_DEADLINE", 1.0, raising=False)
+    monkeypatch.setattr(local, "SPAWNER_DEADLINE", 1.0, raising=False)
     tally = tmp_path / "tally"
     boss = Boss(scheduler=LaxistScheduler())
     started = [psutil.Process(boss.pid)]

@@ -12,6 +12,9 @@ max_threads=4)``) or as plain classes (``MaxThreadsScheduler(max_threads=4)``):
 ``limit='threads+memory', ...``        :class:`LongestFirstScheduler`
 ``limit='threads', singlefile=True``   :class:`SingleOpenFileScheduler`
 =====================================  ==========================================
+
+Schedulers know nothing of processes: this package imports nothing of taylor but
+:mod:`taylor.errors`; the boss loop calls it, never the reverse.
 """
 
 from .base import BaseScheduler

@@ -15,6 +15,9 @@ use this to keep an index (a FIFO, a tree ordered by expected time with the
 least memory of each subtree...) so that choosing what starts costs
 O(log pending) per started worker, never a scan of the queue.  A subclass
 that overrides ``launchable`` gets a plain list again, as before.
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ than there are usable CPUs, each runs alone on its CPU.  Ticket ``t`` maps to
 after the other, and within a socket one hardware thread of every physical
 core before their hyper-thread siblings, so that the first workers share
 neither a core nor, while it is not full, a socket's neighbours.
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
 """
 
 from __future__ import annotations

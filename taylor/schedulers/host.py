@@ -14,6 +14,9 @@ limits found, and :func:`describe` says which limit won:
 
 Discovery functions take ``root`` (where ``/proc`` and ``/sys`` are) and
 ``environ`` so that tests can fake a cgroup or a batch job.
+
+Imports nothing of taylor: schedulers, the worker and the command line read the host from here, so
+it stays at the bottom.
 """
 
 from __future__ import annotations

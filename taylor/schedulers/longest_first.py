@@ -4,6 +4,9 @@ Starting the longest tasks first keeps a long one from starting last and
 stretching the makespan alone.  Pending instructions are kept in a tree
 ordered by decreasing ``expected_time`` (ties: arrival order), so the longest
 one that fits the free memory is found in O(log pending).
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ every one that fits starts (a large one waiting for room does not hold back
 smaller ones behind it).  With ``measured=True`` the host is asked too: see
 :meth:`MaxMemoryScheduler.measured_room`.  With ``enforce=True`` each worker's
 processes are kept to that memory: see :mod:`.memory_limit`.
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ it costs nothing when not asked for) and applies one of two limits:
 
 Either way the worker's entry is a :class:`~taylor.errors.MemoryLimitError`
 that says it exceeded its declared memory.
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
 """
 
 from __future__ import annotations

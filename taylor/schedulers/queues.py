@@ -19,6 +19,9 @@ whose need fits in ``free``" and removes it, in O(log n): a treap (a binary
 search tree kept balanced by node priorities: heights after a bulk build,
 random for nodes inserted one by one) ordered by a key, where each
 node also knows the smallest need in its subtree.
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ a list of strings; missing or None values are ignored).  Within that rule and
 ``max_threads``, instructions start in arrival order.  An instruction whose
 file is open waits on that file only, and is reconsidered when the file is
 closed, so a long queue of conflicting instructions is never scanned again.
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
 """
 
 from __future__ import annotations

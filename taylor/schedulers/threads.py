@@ -1,4 +1,8 @@
-"""Schedulers that only count workers: start everything, or at most N at once."""
+"""Schedulers that only count workers: start everything, or at most N at once.
+
+Like every scheduler module, imports nothing of taylor outside :mod:`taylor.schedulers` and
+:mod:`taylor.errors`: never the boss loop, the Boss or a worker process's side.
+"""
 
 from __future__ import annotations
 
