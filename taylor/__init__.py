@@ -36,8 +36,18 @@ from .worker import Worker
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``taylor.Executor``, imported on first use: its Worker class, once registered, is one more
+    class footprints examines for every instruction set of every Boss in the process."""
+    if name == "Executor":
+        from .executor import Executor
+
+        return Executor
+    raise AttributeError(f"module 'taylor' has no attribute {name!r}")
+
 __all__ = [
-    "Boss", "Worker", "Report", "run_as_server", "batch_main", "to_jsonable",
+    "Boss", "Worker", "Executor", "Report", "run_as_server", "batch_main", "to_jsonable",
     "TaylorError", "InstructionsError", "NoWorkerFitError", "CapacityError", "BossDiedError",
     "BossClosedError", "WorkerError", "WorkerDiedError", "WorkerTimeoutError", "ReportError",
     "MemoryLimitError", "Interrupted", "RemoteTraceback", "__version__",

@@ -141,8 +141,9 @@ class Boss:
             validate(instructions)
         messages = [self._encode_chunk(instructions[i:i + _CHUNK_ROWS])
                     for i in range(0, len(instructions), _CHUNK_ROWS)]
-        for item in instructions:
+        for position, item in enumerate(instructions, len(self._names)):
             self._record.submitted[item["name"]] = dict(item)
+            self._record.index[item["name"]] = position
         for data in messages:
             self._process.send("instructions", None, data)
         self._names = names
@@ -233,6 +234,12 @@ class Boss:
     def ended(self) -> bool:
         """True once the run is over (its final report has arrived, or the boss is gone)."""
         return self._record.final is not None or self._process.reaped
+
+    def waitable(self) -> List[int]:
+        """Descriptors that turn readable when the boss sends something or dies, while the run goes
+        on (see :attr:`ended`): for a caller that waits on the boss and on other things at once
+        (``select``, ``poll``), then reads with ``wait_for_entries(timeout=0)``."""
+        return [self._process.fd, self._process.sentinel]
 
     def wait_for_entries(self, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
         """The worker entries that arrived since the last call, in the order the workers ended.

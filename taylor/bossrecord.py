@@ -31,6 +31,7 @@ class RunRecord:
         self.on_error = on_error
         self.entries: List[Dict[str, Any]] = []
         self.submitted: Dict[str, Dict[str, Any]] = {}  # instructions sent, by name, until they end
+        self.index: Dict[str, int] = {}  # position of each instruction set in the run, until it ends
         self.running: Dict[str, int] = {}  # process group of each running worker, by name
         self.status: Optional[Dict[str, Any]] = None  # the last interim counts the boss sent
         self.final: Optional[Report] = None
@@ -55,6 +56,7 @@ class RunRecord:
         elif kind == "entry":
             self.running.pop(payload["name"], None)
             instructions = dict(self.submitted.pop(payload["name"], None) or {"name": payload["name"]})
+            payload["index"] = self.index.pop(payload["name"], None)
             ticket = payload.pop("scheduler_ticket", None)
             if ticket is not None:
                 instructions["scheduler_ticket"] = ticket

@@ -20,9 +20,11 @@ A run's report is a :class:`Report` (a ``dict``) with:
 Each worker entry is a dict with ``name``, ``status`` (``'done'``,
 ``'failed'`` or ``'stopped'``), ``report`` (what ``_task()`` returned, or the
 exception on failure), ``traceback`` (on failure), ``instructions``, ``pid``,
-``start_time``/``end_time`` (seconds since the epoch) and ``exitcode``
-(negative: killed by that signal).  :func:`to_jsonable` turns any of it into
-plain JSON types.
+``start_time``/``end_time`` (seconds since the epoch), ``exitcode``
+(negative: killed by that signal) and ``index``, the position of its
+instruction set among all those given to the run (0 for the first row of the
+first ``set_instructions``), which :attr:`Report.in_order` sorts by.
+:func:`to_jsonable` turns any of it into plain JSON types.
 
 Depends on nothing of taylor: the boss, the caller and the command line all build reports, so it
 must import none of them.
@@ -48,6 +50,13 @@ class Report(dict):
     def workers(self) -> List[Dict[str, Any]]:
         """The worker entries, in the order the workers ended."""
         return self.get("workers_report", [])
+
+    @property
+    def in_order(self) -> List[Dict[str, Any]]:
+        """The worker entries in the order their instructions were given (by ``index``), not the
+        order they ended: ``[e["report"] for e in report.in_order]`` are the results in input order.
+        Instructions that never ran have no entry (see ``pending``)."""
+        return sorted(self.workers, key=lambda w: (w.get("index") is None, w.get("index") or 0))
 
     @property
     def done(self) -> List[Dict[str, Any]]:

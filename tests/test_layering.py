@@ -24,7 +24,7 @@ LAYERS = [
     {"errors", "checks", "wire", "report", "poller", "output", "progress", "shared", "util", "interrupts",
      "schedulers"},
     # 1: what a task is, before any process
-    {"instructions", "worker", "journal", "gnu", "sources", "status"},
+    {"instructions", "worker", "journal", "gnu", "sources", "status", "calls"},
     # 2: starting processes
     {"forking", "spawner", "launcher", "local", "command", "examples", "cluster"},
     # 3: the boss loop (engine and its parts: every module not named here)
@@ -32,7 +32,7 @@ LAYERS = [
     # 4: the caller's side
     {"bossrecord", "bossprocess", "boss", "batch"},
     # 5: front ends
-    {"cli", "__main__", ""},  # "" is the package itself (taylor/__init__.py)
+    {"cli", "__main__", "", "executor"},  # "" is the package itself (taylor/__init__.py)
 ]
 BOSS_LOOP = 3
 
@@ -43,6 +43,7 @@ FORBIDDEN = {
     "batch": {"bossprocess", "bossrecord", "engine"},  # the public Boss API only, as a user's script
     "interrupts": {"boss", "cli"},  # shared by both
     "cli": {"bossprocess", "bossrecord", "engine"},  # runs through the public Boss API only
+    "executor": {"bossprocess", "bossrecord", "engine"},  # the public Boss API only
 }
 
 

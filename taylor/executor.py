@@ -1,0 +1,479 @@
+"""Executor: taylor's runs behind the :mod:`concurrent.futures` interface.
+
+``Executor.submit(fn, *args)`` returns a real :class:`concurrent.futures.Future`;
+each call runs in a fresh process forked by a taylor boss, with taylor's
+guarantees: a process that dies fails only its own future, with
+:class:`~taylor.errors.WorkerDiedError`; per-call timeouts and declared memory
+feed the boss's scheduler; nothing is left behind.
+
+Three parties, as in CPython's ``concurrent/futures/process.py``:
+
+* the caller's threads call :meth:`Executor.submit`, which pickles the call
+  (see :mod:`taylor.calls`), queues it and wakes the manager: it never waits
+  on the boss;
+* one manager thread owns the :class:`~taylor.boss.Boss`: it sends the queued
+  calls, reads the workers' entries as they end and completes their futures,
+  and ends the run at shutdown.  It sleeps in one ``poll`` on its wake-up pipe
+  and the boss's channel: no polling loop;
+* the boss process (forked when the executor is created) schedules the calls
+  and forks one :class:`~taylor.calls.CallWorker` process per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import BrokenExecutor, Future, InvalidStateError, _base
+from concurrent.futures import Executor as _BaseExecutor
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from . import checks
+from .boss import Boss
+from .calls import CANCELLED, Claims, Payload, dumps_call, fork_time_functions, forking_with, run_chunk
+from .errors import InstructionsError, Interrupted, RemoteTraceback, TaylorError, WorkerError
+from .report import DONE, FAILED
+from .schedulers import MaxThreadsScheduler
+
+__all__ = ["Executor", "CallOptions"]
+
+#: Per-call options :meth:`Executor.options` accepts, and how each is checked.
+_OPTIONS = ("memory", "timeout", "expected_time", "name")
+
+
+class _Future(Future):
+    """A :class:`concurrent.futures.Future` whose ``cancel()`` asks the call's process first.
+
+    The call is cancellable until its worker process starts it (not merely
+    until it is handed to the boss): ``cancel()`` and the worker race for the
+    call's claim (see :class:`~taylor.calls.Claims`), and exactly one wins.
+    """
+
+    def __init__(self, claims: Claims, seq: int) -> None:
+        super().__init__()
+        self._claims = claims
+        self._seq = seq
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state == _base.PENDING and not self._claims.cancel(self._seq):
+                self.set_running_or_notify_cancel()  # it has started in its process
+                return False
+        return self._cancelled_now()
+
+    def _stop(self) -> None:
+        """The call's process was stopped (``shutdown(cancel_futures=True)``): cancelled too."""
+        with self._condition:
+            if self._state == _base.RUNNING:
+                self._state = _base.PENDING
+        self._cancelled_now()
+
+    def _cancelled_now(self) -> bool:
+        done = super().cancel()
+        with self._condition:
+            if done and self._state == _base.CANCELLED:
+                self.set_running_or_notify_cancel()  # wakes wait() and as_completed() at once
+        return done
+
+
+class CallOptions:
+    """A light view of an :class:`Executor` whose calls carry per-call options
+    (see :meth:`Executor.options`); it has the executor's ``submit`` and ``map``."""
+
+    def __init__(self, executor: Executor, options: Dict[str, Any]) -> None:
+        self._executor = executor
+        self._options = options
+
+    def options(self, **options: Any) -> CallOptions:
+        """These options added to (or replacing) this view's."""
+        return CallOptions(self._executor, dict(self._options, **_checked(options)))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self._executor._submit(fn, args, kwargs, self._options)
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        return self._executor._map(fn, iterables, timeout, chunksize, self._options)
+
+    def __repr__(self) -> str:
+        return f"<{self._executor!r} with {self._options}>"
+
+
+def _checked(options: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown call option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}")
+    for key, value in options.items():
+        if key == "name":
+            why = None if isinstance(value, str) and value else f"name must be a non-empty string, got {value!r}"
+        elif key == "timeout":
+            why = None if value is None else checks.seconds(value, "timeout")
+        else:
+            why = checks.amount(value, key, "MiB" if key == "memory" else "seconds")
+        if why:
+            raise ValueError(why)
+    return dict(options)
+
+
+class Executor(_BaseExecutor):
+    """A :class:`concurrent.futures.Executor` running each call in a fresh forked process.
+
+    :param max_workers: at most this many calls at once (a
+        :class:`~taylor.schedulers.MaxThreadsScheduler`); give it or ``scheduler``.
+    :param scheduler: any taylor scheduler (memory-aware, longest first...);
+        default: as many calls at once as this job has CPUs.
+    :param timeout: default per-call timeout in seconds (``None``: none); a call
+        that runs longer is terminated and its future fails with
+        :class:`~taylor.errors.WorkerTimeoutError` (a :class:`TimeoutError`).
+    :param name: a name for logs and error messages.
+    :param stop_grace: seconds between SIGTERM and SIGKILL when a call is stopped.
+    :param max_report_bytes: largest pickled result a call may send back.
+
+    The boss process is forked here: functions that exist now (lambdas and
+    closures too) reach the calls' processes without pickling; see
+    :mod:`taylor.calls` for the others.
+    """
+
+    def __init__(self, max_workers: Optional[int] = None, scheduler: Any = None, timeout: Optional[float] = None,
+                 *, name: Optional[str] = None, stop_grace: float = 2.0, max_report_bytes: int = 1 << 30,
+                 verbose: bool = False) -> None:
+        if max_workers is not None:
+            if scheduler is not None:
+                raise ValueError("give max_workers or scheduler, not both (a scheduler sets its own limits)")
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+                raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+            scheduler = MaxThreadsScheduler(limit="threads", max_threads=max_workers)
+        self._claims = Claims()
+        functions = fork_time_functions()
+        quiet = None if verbose else _QuietFailures()
+        boss_log = logging.getLogger("taylor.boss")
+        if quiet is not None:  # set in the boss, forked now; removed here at once
+            boss_log.addFilter(quiet)
+        try:
+            with forking_with(functions):
+                self._boss = Boss(scheduler=scheduler, name=name, verbose=verbose, on_error="continue",
+                                  timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes)
+        except BaseException:
+            self._claims.close()
+            raise
+        finally:
+            if quiet is not None:
+                boss_log.removeFilter(quiet)
+        self._known = weakref.WeakValueDictionary(functions)
+        del functions  # the boss holds them; here, only while the caller does
+        self.name = name
+        self._owner = os.getpid()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._queue: deque = deque()  # (future, row) not yet sent to the boss
+        self._futures: Dict[str, _Future] = {}  # sent, by worker name (manager thread only)
+        self._seq = itertools.count()
+        self._names: set = set()
+        self._shutdown = False
+        self._cancel = False
+        self._broken: Optional[BaseException] = None
+        self._closed = False
+        self._boss.make_them_work()
+        self._thread = threading.Thread(target=self._manage, name=f"taylor-executor-{self._boss.pid}")
+        self._thread.start()
+        _live.add(self)
+
+    # ------------------------------------------------------------- the caller's side
+    def options(self, **options: Any) -> CallOptions:
+        """A view of this executor whose calls carry these options, e.g.
+        ``executor.options(memory=500, timeout=60).submit(fn, x)``.
+
+        ``memory`` (MiB the call needs, for memory-aware schedulers),
+        ``expected_time`` (seconds, for longest-first schedulers), ``timeout``
+        (seconds, this call's limit, ``None``: the executor's), ``name`` (the
+        worker's name in logs and errors; unique per call, numbered by ``map``).
+        """
+        return CallOptions(self, _checked(options))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` in a fresh process; return its Future at once.
+
+        Raises :class:`TypeError` at once when the call cannot be sent (see
+        :mod:`taylor.calls`), ``RuntimeError`` after :meth:`shutdown`, and
+        :class:`~concurrent.futures.BrokenExecutor` once the boss is gone.
+        """
+        return self._submit(fn, args, kwargs, {})
+
+    def _submit(self, fn: Callable[..., Any], args: tuple, kwargs: Dict[str, Any], options: Dict[str, Any]) -> Future:
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {type(fn).__name__} {fn!r}")
+        if os.getpid() != self._owner:
+            raise RuntimeError(f"this executor{self._label()} belongs to process {self._owner}, which created it; "
+                               "a forked child must create its own Executor")
+        data = dumps_call(fn, args, kwargs, self._known)
+        with self._lock:
+            if self._broken is not None:
+                raise BrokenExecutor(f"the executor{self._label()} can run nothing more: "
+                                     f"{type(self._broken).__name__}: {self._broken}") from self._broken
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            seq = next(self._seq)
+            name = options.get("name")
+            if name is None:
+                name = f"{_label(fn)}#{seq}"
+                while name in self._names:
+                    name += "'"
+            elif name in self._names:
+                raise ValueError(f"a call named {name!r} was already submitted to this executor: names are unique")
+            self._names.add(name)
+            future = _Future(self._claims, seq)
+            row = {"taylor_call": Payload(data), "taylor_claims": self._claims.fd, "taylor_seq": seq, "name": name}
+            for key in ("memory", "timeout", "expected_time"):
+                if options.get(key) is not None:
+                    row[key] = options[key]
+            self._queue.append((future, row))
+            self._wake()
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        """``fn`` over the items of ``iterables``, results in input order, each call in its own
+        process (or ``chunksize`` calls per process).  ``timeout`` bounds the wait for the
+        results (as in :mod:`concurrent.futures`); per-call limits go through :meth:`options`.
+        """
+        return self._map(fn, iterables, timeout, chunksize, {})
+
+    def _map(self, fn: Callable[..., Any], iterables: Tuple[Iterable[Any], ...], timeout: Optional[float],
+             chunksize: int, options: Dict[str, Any]) -> Iterator[Any]:
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a whole number >= 1, got {chunksize!r}")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        calls: Iterable[Any] = zip(*iterables)
+        if chunksize > 1:
+            calls = [(fn, chunk) for chunk in _chunks(calls, chunksize)]
+            fn = run_chunk
+        name = options.get("name")
+        futures = [self._submit(fn, args, {}, options if name is None else dict(options, name=f"{name}-{i}"))
+                   for i, args in enumerate(calls)]
+        return _results(futures, end_time, chunksize > 1)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Take no more calls; let the submitted ones finish, then end the boss.
+
+        ``cancel_futures=True`` cancels every call not started yet and stops
+        the running ones (SIGTERM, SIGKILL after ``stop_grace``): their
+        futures are cancelled too.  ``wait=True`` returns once every process is
+        gone.
+        """
+        with self._lock:
+            self._shutdown = True
+            self._cancel = self._cancel or cancel_futures
+            self._wake()
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Wait for the calls, as concurrent.futures does; but a with-block left by Ctrl-C or
+        SIGTERM (:class:`~taylor.errors.Interrupted`) stops them: nobody waits for their results."""
+        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, Interrupted))
+        self.shutdown(wait=True, cancel_futures=interrupted)
+        return False
+
+    def _wake(self) -> None:
+        """Wake the manager (called holding ``_lock``, which guards the pipe's closing)."""
+        if not self._closed:
+            with contextlib.suppress(BlockingIOError):  # full: it is awake already
+                os.write(self._wake_w, b"x")
+
+    def _label(self) -> str:
+        return f" {self.name!r}" if self.name else ""
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else "broken" if self._broken else "running"
+        return f"<taylor.Executor{self._label()} boss pid={self._boss.pid} {state}>"
+
+    # ------------------------------------------------------------- the manager thread
+    def _manage(self) -> None:
+        boss = self._boss
+        error: Optional[BaseException] = None
+        ending = None  # 'end' once told to finish, 'stop' once told to stop
+        try:
+            while not boss.ended:
+                ready = _poll([self._wake_r] + boss.waitable())
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 1 << 16)
+                with self._lock:
+                    shutdown, cancel = self._shutdown, self._cancel
+                if cancel and ending != "stop":
+                    self._cancel_all()
+                    boss.stop_them_working()
+                    ending = "stop"
+                elif ending is None:
+                    self._send_queued()
+                for entry in boss.wait_for_entries(timeout=0):
+                    self._complete(entry)
+                if shutdown and ending is None:
+                    boss.end()
+                    ending = "end"
+            boss.wait_till_finished()
+        except BaseException as exc:  # noqa: BLE001 - the boss died, or was stopped by a signal: said below
+            error = exc
+        finally:
+            self._finish(error)
+
+    def _send_queued(self) -> None:
+        groups: Dict[Tuple[str, ...], List[Tuple[_Future, Dict[str, Any]]]] = {}
+        while self._queue:
+            future, row = self._queue.popleft()
+            if not future.cancelled():
+                groups.setdefault(tuple(row), []).append((future, row))
+        for keys, calls in groups.items():
+            for future, row in calls:
+                self._futures[row["name"]] = future
+            try:
+                self._boss.set_instructions(None, {key: [row[key] for _, row in calls] for key in keys})
+            except InstructionsError as exc:  # e.g. more memory than the scheduler could ever grant
+                self._fail(calls, exc)
+            except TaylorError as exc:
+                if not self._boss.ended:
+                    self._fail(calls, exc)
+
+    def _fail(self, calls: List[Tuple[_Future, Dict[str, Any]]], error: BaseException) -> None:
+        for future, row in calls:
+            self._futures.pop(row["name"], None)
+            _settle(future.set_exception, error)
+
+    def _complete(self, entry: Dict[str, Any]) -> None:
+        future = self._futures.pop(entry["name"], None)
+        status, report = entry["status"], entry["report"]
+        # The boss handle keeps every entry for its final report, which nobody reads here: it keeps
+        # them without the call's payload and result, which belong to the future alone.
+        entry.update(report=None, instructions={"name": entry["name"]})
+        tb = entry.pop("traceback", None)
+        if future is None:
+            return
+        if report is CANCELLED or (status not in (DONE, FAILED) and self._cancel):
+            future._stop()  # cancelled before it started, or stopped by shutdown(cancel_futures=True)
+        elif status not in (DONE, FAILED):  # stopped by no request of ours: the boss was told to stop
+            _settle(future.set_exception, WorkerError(
+                f"call {entry['name']!r} (pid {entry.get('pid')}) was stopped before it ended: the executor's "
+                "boss process was stopped (SIGTERM to it?)", worker=entry["name"], pid=entry.get("pid")))
+        elif status == DONE:
+            _settle(future.set_result, report)
+        else:
+            if not isinstance(report, BaseException):
+                report = WorkerError(f"call {entry['name']!r} failed: {report!r}", worker=entry["name"])
+            if tb and report.__cause__ is None:
+                report.__cause__ = RemoteTraceback(tb)
+            _settle(future.set_exception, report)
+
+    def _cancel_all(self) -> None:
+        for future, _ in list(self._queue):
+            future.cancel()
+        self._queue.clear()
+        for future in list(self._futures.values()):
+            future.cancel()  # those already started are stopped with the run
+
+    def _finish(self, error: Optional[BaseException]) -> None:
+        """The run is over: close the boss, settle every future left, and let nothing new in."""
+        with contextlib.suppress(BaseException):
+            self._boss.close()
+        with self._lock:
+            cancel = self._cancel
+            if not self._shutdown:
+                self._broken = error or TaylorError("the boss ended its run on its own")
+            self._closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        left = list(self._futures.values()) + [future for future, _ in self._queue]
+        self._futures.clear()
+        self._queue.clear()
+        for future in left:
+            if cancel:
+                future._stop()
+            else:
+                broken = BrokenExecutor(f"the executor{self._label()} ended before this call did: "
+                                        f"{type(error).__name__}: {error}" if error else
+                                        f"the executor{self._label()} ended before this call did")
+                broken.__cause__ = error
+                _settle(future.set_exception, broken)
+        self._claims.close()
+        _live.discard(self)
+
+
+class _QuietFailures(logging.Filter):
+    """Drops the boss's log line for each failed worker: an executor's failures are its futures'
+    exceptions, for the caller to handle (``verbose=True`` keeps the lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR:
+            return True
+        message = record.getMessage()
+        return not (message.startswith("worker ") and " failed: " in message.split("\n", 1)[0])
+
+
+def _settle(setter: Callable[[Any], None], value: Any) -> None:
+    """Complete a future, unless it was cancelled meanwhile."""
+    with contextlib.suppress(InvalidStateError):
+        setter(value)
+
+
+def _label(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _results(futures: List[Future], end_time: Optional[float], chunked: bool) -> Iterator[Any]:
+    """Yield the futures' results in order; cancel those left when the consumer stops early."""
+    futures.reverse()  # pop from the end: results already given are not kept
+    try:
+        while futures:
+            future = futures.pop()
+            result = future.result() if end_time is None else future.result(end_time - time.monotonic())
+            if chunked:
+                yield from result
+            else:
+                yield result
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _poll(fds: List[int]) -> List[int]:
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll()]
+
+
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    """At interpreter exit, as concurrent.futures does: finish the calls of executors never shut down."""
+    for executor in list(_live):
+        with contextlib.suppress(Exception):
+            executor.shutdown(wait=True)
+
+
+try:  # before non-daemon threads are joined, as concurrent.futures registers its own
+    threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - Python < 3.9
+    import atexit
+
+    atexit.register(_at_exit)
+
+# A forked child (the boss, a call's process, a user's own fork) owns none of its parent's executors.
+os.register_at_fork(after_in_child=_live.clear)
