@@ -65,6 +65,14 @@ class Boss:
     :param max_report_bytes: largest pickled report a worker may send.
     :param max_instructions_bytes: largest pickled batch of instructions the
         caller may send at once.
+    :param cluster: run the workers on this Dask cluster rather than on this
+        host: a scheduler address (``tcp://host:8786``), the path of a Dask
+        scheduler file, or a ``distributed.Client`` (``pip install 'taylor[dask]'``;
+        see the manual's *cluster* page).  The default scheduler then fits the
+        cluster's threads and memory; each entry says ``where`` it ran.
+    :param security: a ``distributed.security.Security`` (TLS) for the connection to ``cluster``.
+    :param cluster_mode: ``'isolated'`` (a fresh process per worker on its host, as locally) or
+        ``'in-worker'`` (in the Dask worker's own thread: faster for tiny tasks, no timeout kill).
     """
 
     control_signals = dict(SIGNALS)
@@ -72,7 +80,8 @@ class Boss:
     def __init__(self, scheduler: Any = None, name: Optional[str] = None, verbose: bool = False,
                  maxlenreport: int = 1024, sharedmemory_common_instructions: Optional[Mapping[str, Any]] = None,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
-                 max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30) -> None:
+                 max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30, cluster: Any = None,
+                 security: Any = None, cluster_mode: str = "isolated") -> None:
         if on_error not in ("abort", "continue"):
             raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
         why = (None if timeout is None else checks.seconds(timeout, "timeout")) or \
@@ -89,9 +98,14 @@ class Boss:
         self.name = name
         self.verbose = verbose
         self._shared = dict(sharedmemory_common_instructions or {})
+        spec = None
+        if cluster is not None:
+            from .cluster.seam import ClusterSpec
+
+            spec = ClusterSpec(cluster, security, cluster_mode)
         self._options = Options(name=name, verbose=verbose, maxlenreport=maxlenreport, on_error=on_error,
                                 timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
-                                shared=self._shared)
+                                shared=self._shared, cluster=spec)
         self._max_instructions_bytes = int(max_instructions_bytes)
         self._visible = frozenset(worker_classes())
         self._names: set = set()

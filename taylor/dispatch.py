@@ -115,6 +115,9 @@ class Dispatcher:
             if exc.errno not in NOT_NOW:
                 raise
             return self._not_now(worker, exc.strerror or os.strerror(exc.errno))
+        except TaylorError as exc:  # it could never start there (more memory than any host has): the run fails
+            self._fail_run(exc)
+            return False
         worker.start_time = time.time()
         worker.fd = fd
         worker.channel_open = fd is not None
@@ -122,7 +125,7 @@ class Dispatcher:
         if fd is not None:
             self.poller.register(fd, lambda _fd, _mask: self._read_report(worker))
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
-        if timeout is not None:
+        if timeout is not None and not self.launcher.own_timeouts:
             self.at(timeout, self._on_timeout, worker)
         return True
 

@@ -43,6 +43,7 @@ from .local import LocalProcesses
 from .poller import READ, Poller
 from .report import FAILED
 from .running import RunningWorker
+from .schedulers import fit_to_capacity
 from .worker import OK
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
@@ -58,7 +59,8 @@ class Options:
 
     def __init__(self, *, name: Optional[str] = None, verbose: bool = False, maxlenreport: int = 1024,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
-                 max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None) -> None:
+                 max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None,
+                 cluster: Any = None) -> None:
         self.name = name
         self.verbose = verbose
         self.maxlenreport = int(maxlenreport)
@@ -67,6 +69,7 @@ class Options:
         self.stop_grace = float(stop_grace)
         self.max_report_bytes = int(max_report_bytes)
         self.shared = dict(shared or {})
+        self.cluster = cluster  # a taylor.cluster.seam.ClusterSpec: the run goes on that Dask cluster
 
 
 class Engine(ControlChannel, Dispatcher):
@@ -92,8 +95,7 @@ class Engine(ControlChannel, Dispatcher):
         self.deadlines = Deadlines()
         self.poller = Poller()
         self.wakeup_r, self.wakeup_w = os.pipe()
-        self.launcher: Launcher = launcher if launcher is not None else LocalProcesses(
-            self._private_fds, options.max_report_bytes, options.shared)
+        self.launcher: Launcher = launcher if launcher is not None else self._launcher_for(options)
         self.killing = False  # every worker is being stopped: the run ends
 
     # ------------------------------------------------------------------ set-up
@@ -110,6 +112,14 @@ class Engine(ControlChannel, Dispatcher):
             if worker.direct is not None:
                 fds += worker.direct.fds
         return fds
+
+    def _launcher_for(self, options: Options) -> Launcher:
+        """The one place a run's launcher is chosen: its cluster's, else processes of this host."""
+        if options.cluster is not None:
+            from .cluster.seam import ClusterLauncher
+
+            return ClusterLauncher(options.cluster, options)
+        return LocalProcesses(self._private_fds, options.max_report_bytes, options.shared)
 
     def _setup(self) -> None:
         os.set_blocking(self.control, False)
@@ -136,7 +146,10 @@ class Engine(ControlChannel, Dispatcher):
         if os.getppid() != self.caller_pid:
             self._caller_gone()
             return
-        self.launcher.open(self)
+        try:
+            self.launcher.open(self)
+        except TaylorError as exc:  # where workers run cannot be used (a cluster unreachable): the run's error
+            self._fail_run(exc)
 
     # --------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -227,6 +240,15 @@ class Engine(ControlChannel, Dispatcher):
         if worker.stop_requested:  # asked to stop before its pid was known: its grace starts now
             self.launcher.signal(worker, signal.SIGTERM)
             self.at(self.options.stop_grace, self._on_grace_over, worker)
+
+    def fail(self, error: BaseException) -> None:
+        """Where workers run was lost (a cluster's scheduler): the run fails with ``error``."""
+        self._fail_run(error)
+
+    def capacity(self, limits: Dict[str, Any]) -> None:
+        """Where workers run offers ``limits`` now: the scheduler's defaults follow them."""
+        fit_to_capacity(self.scheduler, limits)
+        self.dirty = True
 
     def lost(self, worker: RunningWorker, why: str) -> None:
         """A worker that ended unseen, or never started: a failure that says why."""

@@ -48,6 +48,8 @@ def make_entry(worker: Any, exitcode: Optional[int], default_timeout: Optional[f
         "end_time": worker.end_time or time.time(),
         "exitcode": exitcode,
     }
+    if getattr(worker, "where", None) is not None:  # it ran elsewhere: {"worker": address, "host": name}
+        entry["where"] = worker.where
     outcome = worker.outcome
     kind = outcome[0] if isinstance(outcome, tuple) and outcome else None
     failed = None

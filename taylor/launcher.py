@@ -72,6 +72,13 @@ class Host(Protocol):
     def requeue(self, workers: list) -> None:
         """``workers`` were never started: their instructions go back to the front of the queue, in order."""
 
+    def fail(self, error: BaseException) -> None:
+        """Where workers run is lost (a cluster's scheduler): the run fails with ``error``, its workers stop."""
+
+    def capacity(self, limits: dict) -> None:
+        """Where workers run offers ``limits`` now (``max_threads``, ``max_memory`` MiB or None): the
+        scheduler's defaults (``max_threads=0``, an unset ``max_memory``) follow them instead of this host's."""
+
 
 class Launcher:
     """Where workers run; the engine's only way to start, signal and hear of them.
@@ -83,6 +90,7 @@ class Launcher:
     descriptors; a launcher that holds none per worker leaves it at zero.
     """
 
+    own_timeouts = False  # True: the launcher enforces each worker's timeout itself (the engine sets none)
     fds_held = 0  # descriptors the boss holds for running workers (0: starts are never held back for them)
     fd_budget = 0
     fd_limit = 0
