@@ -113,7 +113,7 @@ class ClusterLauncher(Launcher):
             self.dask.signal(task, signum)
 
     def terminate(self, workers: List[Any]) -> None:
-        tasks = [w.task for w in workers if w.remote is not None]
+        tasks = [w.remote for w in workers if w.remote is not None]
         if tasks:
             self.dask.stop(tasks, signal.SIGTERM)
 

@@ -1,0 +1,224 @@
+"""The Boss on a real Dask cluster, through the public API: batch, server, memory, timeout, abort, faults.
+
+A ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (w0 1 GiB,
+w1 3 GiB, two threads each), shared by the module; the fault tests that kill
+a worker or the scheduler get a cluster of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("distributed")
+
+import cluster_workers  # noqa: E402, F401 - registers Where
+import workers  # noqa: E402, F401 - registers Noop, Faulty
+from dask_cluster import TESTS, RealCluster, forkers, task_processes  # noqa: E402
+
+from taylor import Boss, batch_main, run_as_server  # noqa: E402
+from taylor.cluster.connect import ClusterError  # noqa: E402
+from taylor.cluster.launcher import DaskLauncher  # noqa: E402
+from taylor.errors import CapacityError, WorkerDiedError, WorkerTimeoutError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    real = RealCluster(str(tmp_path_factory.mktemp("dask")), ["1GiB", "3GiB"])
+    try:
+        with DaskLauncher(real.address):  # installs the forkers before any test counts processes
+            pass
+        real.forkers = forkers(real)
+        assert len(real.forkers) == 2, real.log("worker0")
+        yield real
+    finally:
+        real.stop()
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    real = RealCluster(str(tmp_path), ["1GiB", "1GiB"], nthreads=1)
+    try:
+        with DaskLauncher(real.address):
+            pass
+        real.forkers = forkers(real)
+        yield real
+    finally:
+        real.stop()
+
+
+def left_after(cluster, seconds, pids=None):
+    """The task processes still running on the cluster's hosts after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = task_processes(pids if pids is not None else cluster.forkers)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def running(cluster, count, within=20.0, pids=None):
+    """Wait (bounded) until ``count`` task processes run on the cluster's hosts."""
+    deadline = time.monotonic() + within
+    while True:
+        found = task_processes(pids if pids is not None else cluster.forkers)
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"{len(found)} of {count} task processes started"
+        time.sleep(0.05)
+
+
+def test_a_batch_gives_the_same_reports_as_locally_plus_where(cluster):
+    rows = dict(value=list(range(12)))
+    local = batch_main(dict(noop=True), rows, print_report=False)
+    remote = batch_main(dict(noop=True), rows, print_report=False, cluster=cluster.address)
+    assert sorted(w["report"] for w in remote.workers) == sorted(w["report"] for w in local.workers)
+    assert remote["counts"]["done"] == 12
+    assert {w["where"]["worker"] for w in remote.workers} == set(cluster.workers)  # both workers took some
+    assert all(w["where"]["host"] == socket.gethostname() for w in remote.workers)
+    assert all("where" not in w for w in local.workers)
+    # a scheduler file works as the address does, and the tasks ran in processes of the cluster's hosts
+    report = batch_main(dict(where=True), dict(seconds=[0.0, 0.0]), print_report=False,
+                        cluster=cluster.scheduler_file)
+    for entry in report.workers:
+        assert entry["report"]["ppid"] in cluster.forkers and entry["report"]["pid"] == entry["pid"]
+
+
+def test_server_mode_takes_instructions_while_running(cluster):
+    boss = run_as_server(dict(where=True), dict(seconds=[0.5, 0.5]), cluster=cluster.address)
+    try:
+        running(cluster, 1)
+        boss.set_instructions(dict(noop=True), dict(value=[7, 8]))
+        boss.end()
+        report = boss.wait_till_finished()
+        assert report["counts"]["done"] == 4
+        assert sorted(w["report"] for w in report.workers if w["name"].startswith("noop") or
+                      isinstance(w["report"], int)) == [7, 8]
+    finally:
+        boss.close()
+
+
+def test_declared_memory_places_tasks_where_it_fits(cluster):
+    report = batch_main(dict(where=True), dict(memory=[2000, 2000], seconds=[0.2, 0.2]), print_report=False,
+                        cluster=cluster.address)
+    placed = {w["where"]["worker"] for w in report.workers}
+    with DaskLauncher(cluster.address) as launcher:
+        large = max(launcher.capacity.workers.values(), key=lambda w: w.memory_mib).address
+    assert placed == {large}  # only the 3 GiB worker has 2000 MiB free
+    with pytest.raises(CapacityError, match="more than any Dask worker's memory limit"):
+        batch_main(dict(where=True), dict(memory=[5000]), print_report=False, cluster=cluster.address)
+
+
+def test_a_timeout_kills_the_task_on_its_host(cluster):
+    started = time.monotonic()
+    report = batch_main(dict(where=True, child=True), dict(seconds=[30.0]), print_report=False, timeout=1.0,
+                        on_error="continue", cluster=cluster.address)
+    (entry,) = report.workers
+    assert isinstance(entry["report"], WorkerTimeoutError) and "timeout of 1 s" in str(entry["report"])
+    assert entry["where"]["worker"] in cluster.workers
+    assert time.monotonic() - started < 15
+    assert not left_after(cluster, 10)
+
+
+def test_abort_on_first_error_stops_every_task_on_every_worker(cluster):
+    boss = Boss(cluster=cluster.address, stop_grace=1.0)
+    try:
+        # four run (two threads on each worker), four wait queued on the Dask workers; the first times out
+        boss.set_instructions(dict(where=True, child=True), dict(seconds=[60.0] * 8, timeout=[2.0] + [600.0] * 7))
+        boss.make_them_work()
+        running(cluster, 4)
+        with pytest.raises(WorkerTimeoutError) as raised:
+            boss.wait_till_finished()
+        report = raised.value.report
+        assert report["counts"]["failed"] == 1 and report["counts"]["done"] == 0
+        assert report["counts"]["stopped"] + report["counts"].get("pending", 0) == 7, report["counts"]
+        assert not left_after(cluster, 10)  # the tasks and their children, on both workers
+    finally:
+        boss.close()
+
+
+def test_a_dask_worker_killed_mid_task_gives_an_entry_naming_worker_and_host(own_cluster):
+    boss = Boss(cluster=own_cluster.address, on_error="continue")
+    try:
+        boss.set_instructions(dict(where=True), dict(seconds=[60.0, 1.0]))
+        boss.make_them_work()
+        running(own_cluster, 2)
+        victim = next(iter(own_cluster.workers))
+        own_cluster.kill_worker(victim)
+        report = boss.wait_till_finished()
+        lost = [w for w in report.workers if w["status"] == "failed"]
+        assert len(lost) == 1 and isinstance(lost[0]["report"], WorkerDiedError)
+        assert victim in str(lost[0]["report"]) and "host" in str(lost[0]["report"])
+        assert lost[0]["where"]["worker"] == victim and lost[0]["where"]["host"]
+        assert report["counts"]["done"] == 1  # the other ran to its end, and nothing ran twice
+    finally:
+        boss.close()
+
+
+def test_the_scheduler_killed_mid_run_is_a_clear_error_not_a_hang(own_cluster):
+    boss = Boss(cluster=own_cluster.address, stop_grace=1.0)
+    try:
+        boss.set_instructions(dict(where=True), dict(seconds=[60.0, 60.0]))
+        boss.make_them_work()
+        running(own_cluster, 2)
+        started = time.monotonic()
+        os.kill(own_cluster.scheduler.pid, signal.SIGKILL)
+        own_cluster.scheduler.wait(timeout=10)
+        with pytest.raises(ClusterError, match="connection to the Dask scheduler"):
+            boss.wait_till_finished()
+        assert time.monotonic() - started < 45
+    finally:
+        boss.close()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
+    from dask_cluster import free_port
+
+    with pytest.raises(ClusterError, match="could not reach the Dask scheduler"):
+        boss = Boss(cluster=f"tcp://127.0.0.1:{free_port()}")
+        try:
+            boss.set_instructions(dict(noop=True), dict(value=[1]))
+            boss.make_them_work()
+            boss.wait_till_finished()
+        finally:
+            boss.close()
+
+
+def test_the_callers_sigterm_leaves_nothing_running_on_the_cluster(cluster, tmp_path):
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {TESTS!r})
+        import cluster_workers
+        from taylor import batch_main
+        batch_main(dict(where=True, child=True), dict(seconds=[60.0] * 6), cluster={cluster.address!r},
+                   print_report=False)
+    """))
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        running(cluster, 4)
+        caller.send_signal(signal.SIGTERM)
+        caller.wait(timeout=30)
+        assert caller.returncode != 0
+        assert not left_after(cluster, 10)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait(timeout=10)
+        caller.stderr.close()
+
+
+def test_cluster_mode_in_worker_runs_in_the_dask_worker(cluster):
+    report = batch_main(dict(where=True), dict(seconds=[0.0, 0.0]), print_report=False, cluster=cluster.address,
+                        cluster_mode="in-worker")
+    pids = {p.pid for p in cluster.workers.values()}
+    assert all(w["report"]["pid"] in pids for w in report.workers)
+    with pytest.raises(ValueError, match="cluster_mode"):
+        Boss(cluster=cluster.address, cluster_mode="threads")
