@@ -7,6 +7,7 @@ a worker or the scheduler get a cluster of their own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -222,3 +223,67 @@ def test_cluster_mode_in_worker_runs_in_the_dask_worker(cluster):
     assert all(w["report"]["pid"] in pids for w in report.workers)
     with pytest.raises(ValueError, match="cluster_mode"):
         Boss(cluster=cluster.address, cluster_mode="threads")
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def taylor_cli(*args, cwd, timeout=40):
+    """The real ``taylor`` command (python -m taylor), with the test workers importable."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS), TESTS]))
+    return subprocess.run([sys.executable, "-m", "taylor", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_command_run_on_the_cluster_with_journal_resume_and_exit_codes(cluster, tmp_path):
+    journal = tmp_path / "run.jsonl"
+    done = taylor_cli("run", "--cluster", cluster.scheduler_file, "--command", "echo out {x}", "-i", "x=1,2,3",
+                      "--journal", journal, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split("\n")[:-1]) == ["out 1", "out 2", "out 3"]
+    records = [json.loads(line) for line in journal.read_text().splitlines() if '"event"' not in line]
+    assert len(records) == 3 and all(r["where"]["worker"] in cluster.workers for r in records)
+    journal = tmp_path / "fail.jsonl"
+    failed = taylor_cli("run", "--cluster", cluster.address, "--command", "exit {x}", "-i", "x=0,3",
+                        "--keep-going", "--journal", journal, cwd=tmp_path)
+    assert failed.returncode == 1 and "exit code 3" in failed.stderr
+    again = taylor_cli("run", "--cluster", cluster.address, "--command", "exit {x}", "-i", "x=0,3",
+                       "--keep-going", "--journal", journal, "--resume", cwd=tmp_path)
+    assert again.returncode == 1 and "1 of 2 tasks already done, 1 to run" in again.stderr
+
+
+def test_cli_worker_run_on_the_cluster(cluster, tmp_path):
+    result = taylor_cli("run", "--cluster", cluster.address, "--worker", "workers:Noop", "-c", "noop=true",
+                        "-i", "value=4,5", "--report", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert sorted(e["report"] for e in report["workers_report"]) == [4, 5]
+    assert all(e["where"]["worker"] in cluster.workers for e in report["workers_report"])
+    raised = taylor_cli("run", "--cluster", cluster.address, "--worker", "workers", "-i", "fault=raise", cwd=tmp_path)
+    assert raised.returncode == 1 and "KeyError" in raised.stderr
+
+
+def test_cli_schedulers_describes_the_cluster(cluster, tmp_path):
+    described = taylor_cli("schedulers", "--cluster", cluster.scheduler_file, cwd=tmp_path)
+    assert described.returncode == 0, described.stderr
+    assert "workers            2" in described.stdout and "cpus               4" in described.stdout
+    assert "dask worker --memory-limit" in described.stdout and cluster.address in described.stdout
+    missing = taylor_cli("schedulers", "--cluster", tmp_path / "nothing.json", cwd=tmp_path)
+    assert missing.returncode == 2 and "scheduler file" in missing.stderr
+
+
+def test_cli_sigterm_leaves_nothing_running_on_the_cluster(cluster, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS), TESTS]))
+    caller = subprocess.Popen([sys.executable, "-m", "taylor", "run", "--cluster", cluster.address, "--command",
+                               "sleep 60", "-i", "x=1,2,3,4,5,6"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        running(cluster, 4)
+        caller.send_signal(signal.SIGTERM)
+        _, err = caller.communicate(timeout=30)
+        assert caller.returncode == 128 + signal.SIGTERM or caller.returncode != 0, err
+        assert not left_after(cluster, 10)
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.communicate(timeout=10)
