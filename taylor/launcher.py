@@ -18,13 +18,13 @@ through the :class:`Host` the engine gives it at :meth:`Launcher.open`:
 
 :class:`taylor.local.LocalProcesses` (processes forked here, by the spawner
 or the boss) is the launcher of a local run.  A cluster launcher plugs in
-behind the same methods; for :class:`taylor.cluster.launcher.DaskLauncher`, an
-adapter would map ``open`` to its ``open`` and :meth:`Host.watch` of the
+behind the same methods: :class:`taylor.cluster.seam.ClusterLauncher`, chosen
+by the engine when its options name a cluster, maps ``open`` to its ``open`` and :meth:`Host.watch` of the
 descriptor it returns, ``start`` to its ``start(worker.name, cls, attributes,
 memory=worker.memory, timeout=...)`` (no report channel: None), its wake-ups and
 :meth:`Launcher.update` to its ``ended()`` (each :class:`~taylor.cluster.launcher.Ended`'s outcome, lost
 and timed_out set on the worker, then :meth:`Host.ended` with its exit code),
-``signal`` and ``kill`` to its ``signal`` and ``cancel``, :meth:`Launcher.batch`
+``signal``, ``terminate`` and ``kill`` to its ``signal``, ``stop`` and ``cancel``, :meth:`Launcher.batch`
 to its ``batch``, ``close`` to its ``cancel_all`` and ``close``.  This module
 must not depend on the engine, the spawner or any launcher's own machinery.
 """

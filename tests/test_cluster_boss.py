@@ -287,3 +287,25 @@ def test_cli_sigterm_leaves_nothing_running_on_the_cluster(cluster, tmp_path):
         if caller.poll() is None:
             caller.kill()
             caller.communicate(timeout=10)
+
+
+def test_a_tls_cluster_takes_the_security_object_or_a_tls_client():
+    pytest.importorskip("cryptography")  # Security.temporary() makes its certificates with it
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    security = Security.temporary()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://", host="127.0.0.1",
+                      security=security, dashboard_address=None, worker_dashboard_address=None) as tls:
+        address = tls.scheduler_address
+        with pytest.raises(ClusterError, match="security"):
+            batch_main(dict(noop=True), dict(value=[1]), print_report=False, cluster=address,
+                       cluster_mode="in-worker")
+        report = batch_main(dict(noop=True), dict(value=[1, 2]), print_report=False, cluster=address,
+                            security=security, cluster_mode="in-worker")
+        assert sorted(w["report"] for w in report.workers) == [1, 2]
+        assert all(w["where"]["worker"].startswith("tls://") for w in report.workers)
+        with Client(address, security=security, set_as_default=False) as client:  # its TLS settings travel
+            report = batch_main(dict(noop=True), dict(value=[3]), print_report=False, cluster=client,
+                                cluster_mode="in-worker")
+        assert report.workers[0]["report"] == 3

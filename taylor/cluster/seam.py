@@ -33,6 +33,9 @@ __all__ = ["ClusterSpec", "ClusterLauncher"]
 
 MODES = ("isolated", "in-worker")
 
+#: How many times what the Dask workers take at a time the run's default scheduler starts (see _limits).
+BACKLOG = 2
+
 
 class ClusterSpec:
     """Where and how a run goes on a Dask cluster; plain data the boss process connects with.
@@ -82,7 +85,7 @@ class ClusterLauncher(Launcher):
         self.host = host
         self.fd = self.dask.open()
         host.watch(self.fd, self._on_wake)
-        host.capacity(self.dask.capacity.scheduler_limits())
+        host.capacity(self._limits())
 
     def start(self, worker: Any) -> Optional[int]:
         instructions = worker.instructions
@@ -138,6 +141,15 @@ class ClusterLauncher(Launcher):
         self.host.unwatch(fd)
         self.dask.close()
 
+    def _limits(self) -> Dict[str, Any]:
+        """The cluster's capacity for the scheduler: twice what the Dask workers take at a time
+        (see :meth:`~taylor.cluster.capacity.ClusterCapacity.scheduler_limits`), so that the launcher
+        holds a backlog and refills each worker many tasks at a time, not one per end (each
+        submission costs the Dask scheduler a graph update)."""
+        limits = dict(self.dask.capacity.scheduler_limits())
+        limits["max_threads"] *= BACKLOG
+        return limits
+
     # ---------------------------------------------------------------- ends
     def _on_wake(self, fd: int, events: int) -> None:
         self._take_ends()
@@ -160,7 +172,7 @@ class ClusterLauncher(Launcher):
                 worker.lost = f"was cancelled on Dask worker {ended.where.get('worker')}"
             self._end(ended.task, worker, ended.exitcode, ended.end_time)
         if self.dask.capacity_changed():
-            self.host.capacity(self.dask.capacity.scheduler_limits())
+            self.host.capacity(self._limits())
         if self.dask.failure is not None and not self.failed:
             self.failed = True
             self.host.fail(self.dask.failure)
