@@ -7,6 +7,7 @@ a worker or the scheduler get a cluster of their own.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 pytest.importorskip("distributed")
@@ -151,7 +153,13 @@ def test_a_dask_worker_killed_mid_task_gives_an_entry_naming_worker_and_host(own
         boss.set_instructions(dict(where=True), dict(seconds=[60.0, 1.0]))
         boss.make_them_work()
         running(own_cluster, 2)
-        victim = next(iter(own_cluster.workers))
+        deadline = time.monotonic() + 20
+        while len(task_processes(own_cluster.forkers)) != 1:  # the short one ends; the long one runs on
+            assert time.monotonic() < deadline, "the 1 s task did not end"
+            time.sleep(0.05)
+        (task,) = task_processes(own_cluster.forkers)
+        dask_worker = psutil.Process(task.ppid()).ppid()  # its forker's parent
+        victim = next(a for a, p in own_cluster.workers.items() if p.pid == dask_worker)
         own_cluster.kill_worker(victim)
         report = boss.wait_till_finished()
         lost = [w for w in report.workers if w["status"] == "failed"]
@@ -179,10 +187,12 @@ def test_the_scheduler_killed_mid_run_is_a_clear_error_not_a_hang(own_cluster):
         boss.close()
 
 
-def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
+def test_an_unreachable_scheduler_is_a_clear_error(monkeypatch):
     from dask_cluster import free_port
 
-    with pytest.raises(ClusterError, match="could not reach the Dask scheduler"):
+    monkeypatch.setattr(importlib.import_module("taylor.cluster.connect"), "CONNECT_TIMEOUT", 2.0)
+
+    with pytest.raises(ClusterError, match="could not reach the Dask scheduler at .* within 2 s"):
         boss = Boss(cluster=f"tcp://127.0.0.1:{free_port()}")
         try:
             boss.set_instructions(dict(noop=True), dict(value=[1]))

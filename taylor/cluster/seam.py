@@ -22,12 +22,13 @@ process (a Client cannot cross the boss's fork: see
 
 from __future__ import annotations
 
+import importlib
 import signal
 from typing import Any, Dict, List, Optional
 
 from ..errors import TaylorError
 from ..launcher import Host, Launcher
-from .connect import CONNECT_TIMEOUT, portable
+from .connect import portable
 
 __all__ = ["ClusterSpec", "ClusterLauncher"]
 
@@ -47,7 +48,7 @@ class ClusterSpec:
     """
 
     def __init__(self, cluster: Any, security: Any = None, mode: str = "isolated",
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: Optional[float] = None) -> None:
         if mode not in MODES:
             raise ValueError(f"cluster_mode must be 'isolated' or 'in-worker', got {mode!r}")
         cluster = portable(cluster)
@@ -57,7 +58,9 @@ class ClusterSpec:
         self.cluster = cluster
         self.security = security
         self.mode = mode
-        self.connect_timeout = float(connect_timeout)
+        # None: taylor.cluster.connect.CONNECT_TIMEOUT as it is now (seconds to reach the scheduler)
+        default = importlib.import_module(".connect", __package__).CONNECT_TIMEOUT  # the module, not the function
+        self.connect_timeout = float(default if connect_timeout is None else connect_timeout)
 
     def __repr__(self) -> str:
         return f"ClusterSpec({self.cluster!r}, mode={self.mode!r}{', TLS' if self.security is not None else ''})"
