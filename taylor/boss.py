@@ -28,7 +28,7 @@ from .errors import BossClosedError, BossDiedError, InstructionsError, Interrupt
 from .instructions import expand, resolve, too_deep_error, worker_classes
 from .interrupts import sigterm_raises
 from .report import Report
-from .schedulers import default_scheduler
+from .schedulers import default_scheduler, fit_to_capacity
 
 __all__ = ["Boss", "run_as_server", "batch_main", "format_report", "ABORT_MARGIN"]  # noqa: F822 - see __getattr__
 
@@ -103,6 +103,9 @@ class Boss:
             from .cluster.seam import ClusterSpec
 
             spec = ClusterSpec(cluster, security, cluster_mode)
+            # What this host offers is no cap on the cluster's run: the boss fits the scheduler's defaults
+            # to the cluster once connected; until then no task is refused for this host's memory.
+            fit_to_capacity(scheduler, {"max_memory": float("inf")})
         self._options = Options(name=name, verbose=verbose, maxlenreport=maxlenreport, on_error=on_error,
                                 timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
                                 shared=self._shared, cluster=spec)

@@ -79,6 +79,15 @@ class Dispatcher:
             with self.launcher.batch():
                 self._start_all(launch)
         if not self.workers and self.pending and not launch:
+            validate = getattr(self.scheduler, "validate", None)
+            try:  # its own words first: its caps may have changed since the caller checked (fitted to a cluster)
+                if callable(validate):
+                    validate([self.pending[0]])
+            except TaylorError as exc:
+                self._fail_run(exc)
+                return
+            except Exception:  # noqa: BLE001 - a scheduler's bug here: the plain words below
+                pass
             self._fail_run(CapacityError(
                 f"the scheduler {type(self.scheduler).__name__} starts none of the {len(self.pending)} "
                 "pending instructions although no worker runs, so they could never start; first one: "

@@ -30,6 +30,7 @@ from taylor import Boss, batch_main, run_as_server  # noqa: E402
 from taylor.cluster.connect import ClusterError  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
 from taylor.errors import CapacityError, WorkerDiedError, WorkerTimeoutError  # noqa: E402
+from taylor.schedulers import MaxMemoryScheduler  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def test_server_mode_takes_instructions_while_running(cluster):
     boss = run_as_server(dict(where=True), dict(seconds=[0.5, 0.5]), cluster=cluster.address)
     try:
         running(cluster, 1)
+        assert psutil.Process(boss.pid).children() == []  # no local spawner, no local worker: all on the cluster
         boss.set_instructions(dict(noop=True), dict(value=[7, 8]))
         boss.end()
         report = boss.wait_till_finished()
@@ -117,6 +119,10 @@ def test_declared_memory_places_tasks_where_it_fits(cluster):
     assert placed == {large}  # only the 3 GiB worker has 2000 MiB free
     with pytest.raises(CapacityError, match="more than any Dask worker's memory limit"):
         batch_main(dict(where=True), dict(memory=[5000]), print_report=False, cluster=cluster.address)
+    # a memory scheduler's defaults are the cluster's, not this host's: the same error, from the cluster
+    with pytest.raises(CapacityError, match="max_memory=.* MiB .the Dask workers' memory limits.*never start"):
+        batch_main(dict(where=True), dict(memory=[10.0 ** 9]), print_report=False, cluster=cluster.address,
+                   scheduler=MaxMemoryScheduler())
 
 
 def test_a_timeout_kills_the_task_on_its_host(cluster):
