@@ -102,6 +102,12 @@ class Boss:
         if cluster is not None:
             from .cluster.seam import ClusterSpec
 
+            local_only = [what for what in ("binded", "measured", "enforce") if getattr(scheduler, what, False)]
+            if local_only:
+                raise ValueError(
+                    f"the scheduler {type(scheduler).__name__} has {', '.join(f'{w}=True' for w in local_only)}, "
+                    "which acts on this host's CPUs and processes only, not on a Dask cluster's: run without it "
+                    "on a cluster (declared memory is honoured there: each task goes where it fits)")
             spec = ClusterSpec(cluster, security, cluster_mode)
             # What this host offers is no cap on the cluster's run: the boss fits the scheduler's defaults
             # to the cluster once connected; until then no task is refused for this host's memory.
