@@ -26,6 +26,7 @@ import cluster_workers  # noqa: E402, F401 - registers Where
 import workers  # noqa: E402, F401 - registers Noop, Faulty
 from dask_cluster import TESTS, RealCluster, forkers, task_processes  # noqa: E402
 
+import taylor  # noqa: E402
 from taylor import Boss, batch_main, run_as_server  # noqa: E402
 from taylor.cluster.connect import ClusterError  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
@@ -327,3 +328,17 @@ def test_a_tls_cluster_takes_the_security_object_or_a_tls_client():
             report = batch_main(dict(noop=True), dict(value=[3]), print_report=False, cluster=client,
                                 cluster_mode="in-worker")
         assert report.workers[0]["report"] == 3
+
+
+def test_a_boss_killed_outright_leaves_nothing_running_on_the_cluster(cluster):
+    boss = Boss(cluster=cluster.address)
+    try:
+        boss.set_instructions(dict(where=True, child=True), dict(seconds=[60.0] * 6))
+        boss.make_them_work()
+        running(cluster, 4)
+        os.kill(boss.pid, signal.SIGKILL)  # its Dask client goes with it: the scheduler cancels its tasks
+        assert not left_after(cluster, 15)
+        with pytest.raises(taylor.BossDiedError):
+            boss.wait_till_finished()
+    finally:
+        boss.close()
