@@ -169,6 +169,8 @@ class ReuseProcesses(Launcher):
                 return
             for message in proc.decoder.feed(data):
                 self._task_over(proc, message)
+            if len(data) < wire.CHUNK and not proc.decoder.partial:
+                return  # all there was (the wait is level-triggered): no second read to learn so
 
     def _task_over(self, proc: _Process, outcome: Any) -> None:
         worker, proc.worker = proc.worker, None
