@@ -58,7 +58,7 @@ _INLINE, _FILE = b"I", b"F"
 class _Process:
     """One long-lived worker process, as the boss sees it."""
 
-    __slots__ = ("pid", "sock", "fd", "decoder", "worker", "tasks")
+    __slots__ = ("pid", "sock", "fd", "decoder", "worker", "tasks", "retired")
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
@@ -67,6 +67,7 @@ class _Process:
         self.decoder = wire.Decoder()
         self.worker: Any = None  # the task it runs now
         self.tasks = 0  # tasks it was given
+        self.retired = False  # given no more tasks: it was told to stop, or ran its share
 
     def __repr__(self) -> str:
         return f"<reused process {self.pid} tasks={self.tasks}>"
@@ -177,8 +178,8 @@ class ReuseProcesses(Launcher):
         if worker is None:  # nothing was asked of it: not a taylor process's message
             return
         self.busy -= 1
-        if self._max_tasks is not None and proc.tasks >= self._max_tasks:
-            self._drop(proc)  # it exits on its socket's end; reaped as usual
+        if proc.retired or (self._max_tasks is not None and proc.tasks >= self._max_tasks):
+            self._drop(proc)  # it exits on its socket's end (or of the signal it was sent); reaped as usual
         elif proc.sock is not None:
             self.idle.append(proc)
         worker.outcome = outcome
@@ -230,7 +231,8 @@ class ReuseProcesses(Launcher):
 
     def close(self) -> None:
         """Kill and reap every process (the run is over: the idle ones; after a failure, all)."""
-        for proc in self.by_pid.values():
+        for proc in list(self.by_pid.values()):
+            self._on_readable(proc)  # reports already sent are kept
             self._close(proc)
             LocalProcesses._signal(proc.pid, signal.SIGKILL)
         self.idle.clear()
@@ -255,17 +257,27 @@ class ReuseProcesses(Launcher):
     def signal(self, worker: Any, signum: int) -> None:
         proc = self._process_of(worker)
         if proc is not None:
+            proc.retired = proc.retired or signum in (signal.SIGTERM, signal.SIGKILL)
             LocalProcesses._signal(proc.pid, signum, worker.others)
 
     def terminate(self, workers: list) -> None:
         """SIGTERM the processes running ``workers`` (their process groups, and their other descendants),
-        then SIGCONT: a stopped one gets its SIGTERM when continued.  Each is replaced at the next start."""
-        procs = [(w, p) for w, p in ((w, self._process_of(w)) for w in workers) if p is not None]
+        then SIGCONT: a stopped one gets its SIGTERM when continued.  Each is replaced at the next start.
+
+        A report already in a process's socket is taken in first: that task ended before the boss came
+        to stop it, and keeps its report (as a fresh worker that had exited does)."""
+        procs = []
+        for worker in workers:
+            proc = self._process_of(worker)
+            if proc is not None:
+                self._on_readable(proc)
+                if proc.worker is worker:
+                    proc.retired = True
+                    procs.append((worker, proc))
         if not procs:
             return
         trees = LocalProcesses.descendants(p.pid for _, p in procs)
         for worker, proc in procs:
-            self._drop(proc)  # never given another task
             worker.others = trees.get(proc.pid, [])
             LocalProcesses._signal(proc.pid, signal.SIGTERM, worker.others)
             LocalProcesses._signal(proc.pid, signal.SIGCONT, worker.others)
@@ -274,7 +286,7 @@ class ReuseProcesses(Launcher):
         proc = self._process_of(worker)
         if proc is not None:
             worker.killed = True
-            self._drop(proc)
+            proc.retired = True
             LocalProcesses._signal(proc.pid, signal.SIGKILL, worker.others)
 
 
