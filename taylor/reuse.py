@@ -51,6 +51,10 @@ log = logging.getLogger("taylor.boss")
 #: socket): a write to a socket never blocks the boss, whatever the task's size.
 INLINE_BYTES = 32 * 1024
 
+#: Bytes read at first from a socket: a report or a task is small nearly always, and a read buffer this size
+#: comes from the heap (a buffer of 1 MiB would be mapped and unmapped at each read, some 10 us each).
+_SMALL = 64 * 1024
+
 #: Task message kinds, boss to process: a task's pickle inline, or in a memory file whose descriptor comes along.
 _INLINE, _FILE = b"I", b"F"
 
@@ -161,17 +165,22 @@ class ReuseProcesses(Launcher):
     # ------------------------------------------------------------- hearing back
     def _on_readable(self, proc: _Process) -> None:
         """Read what the process sent: each message is the outcome of the task it runs."""
+        size = _SMALL
         while proc.sock is not None:
-            data = wire.read_chunk(proc.fd)
-            if data is None:
+            try:
+                data = os.read(proc.fd, size)
+            except BlockingIOError:
                 return
+            except (ConnectionResetError, BrokenPipeError):
+                data = b""
             if not data:  # it is ending: its end is told when it is reaped
                 self._drop(proc)
                 return
             for message in proc.decoder.feed(data):
                 self._task_over(proc, message)
-            if len(data) < wire.CHUNK and not proc.decoder.partial:
+            if len(data) < size and not proc.decoder.partial:
                 return  # all there was (the wait is level-triggered): no second read to learn so
+            size = wire.CHUNK  # a large report: larger reads
 
     def _task_over(self, proc: _Process, outcome: Any) -> None:
         worker, proc.worker = proc.worker, None
@@ -331,7 +340,7 @@ def _serve(fd: int, shared: Mapping[str, Any], max_report_bytes: int) -> None:
     buffer = bytearray()
     header = 8
     while True:
-        data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        data, fds, _, _ = socket.recv_fds(sock, _SMALL, 4)
         if not data:
             return
         buffer += data
