@@ -98,3 +98,14 @@ def kill(pids: Iterable[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+def until(condition, within: float = 10.0, what: str = "condition"):
+    """The first true value of ``condition()``, asked every 10 ms; fails the test after ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

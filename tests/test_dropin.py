@@ -22,6 +22,7 @@ import psutil
 import pytest
 import workers  # noqa: F401 - registers Noop and Faulty
 from processes import alive, gone, kill, workers_of
+from processes import until as _until
 
 import taylor
 from taylor import Worker, batch_main, run_as_server
@@ -47,14 +48,6 @@ class Reporter(Worker):
                 "checksum": "0123456789abcdef" * 3}
 
 
-def _until(condition, within: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _process_ended(pid: int) -> bool:

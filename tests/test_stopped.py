@@ -18,6 +18,7 @@ import faultworkers  # noqa: F401 - registers Crasher before any Boss exists
 import psutil
 import pytest
 from processes import alive, gone, spawner_of, workers_of
+from processes import until as _until
 
 import taylor
 from taylor import Boss, Worker, local, run_as_server
@@ -62,14 +63,6 @@ class Tally(Worker):
         return os.getppid()
 
 
-def _until(condition, within=10.0, what="condition"):
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _stopped(pid) -> bool:
