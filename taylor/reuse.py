@@ -29,7 +29,7 @@ This module must not depend on the engine: it reaches it only through its
 
 from __future__ import annotations
 
-import logging
+import gc
 import os
 import signal
 import socket
@@ -44,8 +44,6 @@ from .local import LocalProcesses
 from .worker import OK, _flush_output, _outcome, _unsendable, prepare_class
 
 __all__ = ["ReuseProcesses", "INLINE_BYTES"]
-
-log = logging.getLogger("taylor.boss")
 
 #: A task message larger than this goes to the process in a memory file (its descriptor passed on the
 #: socket): a write to a socket never blocks the boss, whatever the task's size.
@@ -141,6 +139,7 @@ class ReuseProcesses(Launcher):
         prepare_class(cls)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent = os.getpid()
+        gc.freeze()  # the process's collections then leave the heap it inherits (copy-on-write) alone
         blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, {int(signal.SIGTERM), int(signal.SIGINT)})
         try:
             pid = os.fork()
@@ -152,6 +151,7 @@ class ReuseProcesses(Launcher):
             raise
         finally:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
+            gc.unfreeze()
             theirs.close()
         mine.setblocking(False)
         proc = _Process(pid, mine)
@@ -224,7 +224,7 @@ class ReuseProcesses(Launcher):
         del self.by_pid[proc.pid]
         self._on_readable(proc)  # all it wrote is in the socket by now
         self._drop(proc)
-        LocalProcesses._signal(proc.pid, signal.SIGKILL)  # strays left in its process group
+        _kill_group(proc.pid)  # strays left in its process group (its pid may be another's by now: no kill(pid))
         worker, proc.worker = proc.worker, None
         if worker is not None:
             self.busy -= 1
@@ -297,6 +297,13 @@ class ReuseProcesses(Launcher):
             worker.killed = True
             proc.retired = True
             LocalProcesses._signal(proc.pid, signal.SIGKILL, worker.others)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:  # none left, or not ours
+        pass
 
 
 # ------------------------------------------------------------------ the process's side

@@ -37,11 +37,14 @@ class PidTeller(Worker):
         pid_exit=dict(type=int, optional=True, default=None),
         pid_sleep=dict(type=float, optional=True, default=0.0),
         pid_payload=dict(type=object, optional=True, default=None),
+        pid_spawn=dict(type=bool, optional=True, default=False),
     ))
 
     def _task(self):
         if self.pid_exit is not None:
             os._exit(self.pid_exit)
+        if self.pid_spawn:  # a program left running in the background: its pid is the report
+            return subprocess.Popen(["sleep", "60"]).pid
         if self.pid_sleep:
             time.sleep(self.pid_sleep)
         seen = len(_LEFT_BY_EARLIER_TASKS)
@@ -276,3 +279,15 @@ def test_a_signalled_caller_of_a_reuse_executor_leaves_no_process_behind(tmp_pat
             caller.kill()
             caller.wait(timeout=10)
         caller.stdout.close()
+
+
+def test_programs_a_task_left_running_end_with_its_process_at_the_latest():
+    """Reuse does not kill a task's background programs when the task returns (a fresh process's
+    end would), but when its process ends: replaced after max_tasks_per_process, or at the run's end."""
+    from taylor import batch_main
+
+    report = batch_main(None, dict(pid_value=[1, 2, 3], pid_spawn=[True, False, False]), print_report=False,
+                        scheduler=MaxThreadsScheduler(max_threads=1), reuse=True, max_tasks_per_process=2)
+    spawned = report.workers[0]["report"]
+    assert report["counts"]["done"] == 3 and isinstance(spawned, int)
+    assert gone([spawned], within=5.0) == []
