@@ -96,6 +96,10 @@ class Boss:
                                  "process of its own)")
         if scheduler is None:
             scheduler = default_scheduler()
+        if reuse and getattr(scheduler, "enforce", False):
+            raise ValueError(f"reuse=True cannot enforce each task's declared memory ({type(scheduler).__name__} "
+                             "with enforce=True): the limit is set on the task's process and would stay for the "
+                             "next tasks of that process; use enforce=False, or fresh processes (reuse=False)")
         if not callable(getattr(scheduler, "launchable", None)):
             raise TypeError(f"scheduler must have a launchable(pending, workers, report) method, got {scheduler!r}")
         if not hasattr(os, "fork"):

@@ -308,6 +308,9 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
         _fail(f"{groups[0][0]} gives values to a command: write the command before it (taylor run echo ::: a b)")
     if bool(worker_spec) == bool(template):
         _fail("give exactly one of --worker MODULE[:CLASS], --command TEMPLATE or a COMMAND after the options")
+    if reuse and enforce_memory:
+        _fail("--reuse cannot go with --enforce-memory: a memory limit is set on a task's process and would stay "
+              "for the next tasks of that process")
     if reuse and not worker_spec:
         _fail("--reuse runs the tasks of a Python Worker class (--worker MODULE[:CLASS]) in long-lived processes; "
               "a command has a process of its own anyway")

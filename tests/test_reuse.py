@@ -93,6 +93,13 @@ def test_max_tasks_per_process_needs_reuse_and_a_whole_number():
         Boss(reuse=True, max_tasks_per_process=0)
 
 
+def test_reuse_refuses_to_enforce_memory_per_task():
+    from taylor.schedulers import MaxMemoryScheduler
+
+    with pytest.raises(ValueError, match="enforce"):
+        Boss(reuse=True, scheduler=MaxMemoryScheduler(max_memory=1000, enforce=True))
+
+
 @pytest.mark.parametrize("fault, says", [("sigkill", "SIGKILL"), ("segfault", "SIGSEGV"), ("exit", "exit code 3")])
 def test_a_task_that_kills_its_process_fails_alone_and_the_run_goes_on(fault, says):
     boss = Boss(reuse=True, on_error="continue", scheduler=MaxThreadsScheduler(max_threads=2))
@@ -216,6 +223,13 @@ def test_cli_reuse_runs_a_worker_class_in_long_lived_processes(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "taylor", "run", "--reuse", "--command", "true", "-i", "a=1"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--reuse" in refused.stderr
+    from click.testing import CliRunner
+
+    from taylor.cli import main
+
+    enforced = CliRunner().invoke(main, ["run", "--reuse", "--enforce-memory", "--max-memory", "100", "--worker",
+                                         "test_reuse:PidTeller", "-i", "pid_value=1"])
+    assert enforced.exit_code == 2 and "--enforce-memory" in enforced.output
 
 
 def test_sigterm_to_the_boss_leaves_no_process():
