@@ -4,7 +4,8 @@
 each call runs in a fresh process forked by a taylor boss, with taylor's
 guarantees: a process that dies fails only its own future, with
 :class:`~taylor.errors.WorkerDiedError`; per-call timeouts and declared memory
-feed the boss's scheduler; nothing is left behind.
+feed the boss's scheduler; nothing is left behind.  With ``reuse=True``, calls
+run one after the other in long-lived processes (see :mod:`taylor.reuse`).
 
 Three parties, as in CPython's ``concurrent/futures/process.py``:
 
