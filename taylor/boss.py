@@ -25,7 +25,7 @@ from .bossprocess import BossProcess
 from .bossrecord import RunRecord
 from .engine import SIGNALS, Options
 from .errors import BossClosedError, BossDiedError, InstructionsError, Interrupted, TaylorError
-from .instructions import expand, resolve, worker_classes
+from .instructions import expand, resolve, too_deep_error, worker_classes
 from .interrupts import sigterm_raises
 from .report import Report
 from .schedulers import default_scheduler
@@ -176,6 +176,9 @@ class Boss:
                 try:
                     wire.encode(row, limit=self._max_instructions_bytes)
                 except Exception as row_exc:  # noqa: BLE001
+                    deep = too_deep_error(row, row_exc)
+                    if deep is not None:
+                        raise deep from None
                     hint = "" if "sharedmemory_common_instructions" in str(row_exc) else (
                         ". Give large or unpicklable objects through sharedmemory_common_instructions, "
                         "or a path to a file")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pickle
 from collections.abc import Set as AbstractSet
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -169,15 +170,26 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 
 
 def _too_deep(row: Mapping[str, Any]) -> Optional[str]:
-    """The key of ``row`` whose value is nested too deeply to be printed or pickled, if any."""
+    """The key of ``row`` whose value is nested too deeply to be printed or pickled, if any.
+
+    Both are tried: where each gives up depends on the Python version (3.12 and
+    later print deep structures that pickling still refuses).
+    """
     for key, value in row.items():
-        try:
-            repr(value)
-        except RecursionError:
-            return key
-        except Exception:  # noqa: BLE001 - another failure: not a matter of depth
-            pass
+        for attempt in (repr, pickle.dumps):
+            try:
+                attempt(value)
+            except RecursionError:
+                return key
+            except Exception:  # noqa: BLE001 - another failure: not a matter of depth
+                break
     return None
+
+
+def too_deep_error(row: Mapping[str, Any], error: BaseException) -> Optional[InstructionsError]:
+    """The error to raise for ``row`` if ``error`` came from one of its values being nested too deeply."""
+    key = _too_deep(row) if isinstance(error, RecursionError) else None
+    return None if key is None else _refuse_deep(key, row, error)
 
 
 def _refuse_deep(key: str, row: Mapping[str, Any], error: BaseException) -> InstructionsError:
@@ -235,9 +247,9 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
         try:
             fit = _best_fit(collector, description)
         except Exception as exc:  # noqa: BLE001 - footprints trips on some values (e.g. arrays)
-            deep = _too_deep(description) if isinstance(exc, RecursionError) else None
+            deep = too_deep_error(description, exc)
             if deep is not None:
-                raise _refuse_deep(deep, description, exc) from None
+                raise deep from None
             raise InstructionsError(
                 f"footprints could not examine the instructions {_short(row)}: {type(exc).__name__}: {exc}. "
                 "Large arrays belong in sharedmemory_common_instructions (see taylor.shared.SharedNumpyArray)",

@@ -68,7 +68,7 @@ def test_status_shows_tasks_left_unfinished_by_a_killed_run(tmp_path):
 
 
 def test_status_watch_refreshes_until_the_run_ends(tmp_path):
-    proc = start_taylor("run", "--journal", "j.jsonl", "-j", "1", "sleep 0.{}", ":::", "3", "3", "3", cwd=tmp_path)
+    proc = start_taylor("run", "--journal", "j.jsonl", "-j", "1", "sleep 0.{}", ":::", "8", "8", "8", cwd=tmp_path)
     try:
         assert _wait_for(lambda: any(r.get("event") == "run" for r in _records(tmp_path / "j.jsonl")), 20)
         watched = taylor("status", "j.jsonl", "--watch", "0.2", cwd=tmp_path, timeout=30)
