@@ -58,7 +58,8 @@ class Options:
 
     def __init__(self, *, name: Optional[str] = None, verbose: bool = False, maxlenreport: int = 1024,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
-                 max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None) -> None:
+                 max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None,
+                 reuse: bool = False, max_tasks_per_process: Optional[int] = None) -> None:
         self.name = name
         self.verbose = verbose
         self.maxlenreport = int(maxlenreport)
@@ -67,6 +68,8 @@ class Options:
         self.stop_grace = float(stop_grace)
         self.max_report_bytes = int(max_report_bytes)
         self.shared = dict(shared or {})
+        self.reuse = bool(reuse)  # many tasks per long-lived process (see taylor.reuse)
+        self.max_tasks_per_process = max_tasks_per_process
 
 
 class Engine(ControlChannel, Dispatcher):
@@ -92,11 +95,20 @@ class Engine(ControlChannel, Dispatcher):
         self.deadlines = Deadlines()
         self.poller = Poller()
         self.wakeup_r, self.wakeup_w = os.pipe()
-        self.launcher: Launcher = launcher if launcher is not None else LocalProcesses(
-            self._private_fds, options.max_report_bytes, options.shared)
+        self.launcher: Launcher = launcher if launcher is not None else self._make_launcher()
         self.killing = False  # every worker is being stopped: the run ends
 
     # ------------------------------------------------------------------ set-up
+    def _make_launcher(self) -> Launcher:
+        """The launcher the options ask for: the one place that chooses."""
+        options = self.options
+        if options.reuse:
+            from .reuse import ReuseProcesses
+
+            return ReuseProcesses(self._private_fds, options.max_report_bytes, options.shared,
+                                  options.max_tasks_per_process)
+        return LocalProcesses(self._private_fds, options.max_report_bytes, options.shared)
+
     def _private_fds(self) -> List[int]:
         fds = [self.control, self.wakeup_r, self.wakeup_w]
         if self.poller.fileno() is not None:
