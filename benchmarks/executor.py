@@ -1,6 +1,7 @@
 """taylor.Executor against the executors Python users already use, two calls at a time.
 
-Contenders: taylor's Executor (a fresh process per call), ProcessPoolExecutor,
+Contenders: taylor's Executor (a fresh process per call, and ``reuse=True``: many calls per
+long-lived process), ProcessPoolExecutor,
 multiprocessing.Pool with ``maxtasksperchild=1`` (a fresh process per call)
 and plain, loky and joblib when they are installed (skipped otherwise).
 Workloads: no-op calls, calls given 1 MiB, calls returning 1 MiB, calls
@@ -79,12 +80,12 @@ def open_taylor():
     return (lambda fn, items: list(ex.map(fn, items))), ex.shutdown
 
 
-# Reuse mode (issue 15, section 2) goes here once it exists, e.g.:
-# def open_taylor_reuse():
-#     import taylor
-#     ex = taylor.Executor(max_workers=WORKERS, reuse=True)
-#     ex.submit(noop, None).result()
-#     return (lambda fn, items: list(ex.map(fn, items))), ex.shutdown
+def open_taylor_reuse():
+    import taylor
+
+    ex = taylor.Executor(max_workers=WORKERS, reuse=True)
+    ex.submit(noop, None).result()
+    return (lambda fn, items: list(ex.map(fn, items))), ex.shutdown
 
 
 def open_ppe():
@@ -140,7 +141,7 @@ def open_joblib():
 #: Contender name -> (opener, module it needs, label in the table).
 CONTENDERS = {
     "taylor": (open_taylor, "taylor", "taylor Executor (fresh process per call)"),
-    # "taylor_reuse": (open_taylor_reuse, "taylor", "taylor Executor(reuse=True)"),
+    "taylor_reuse": (open_taylor_reuse, "taylor", "taylor Executor(reuse=True)"),
     "ppe": (open_ppe, "concurrent.futures", "ProcessPoolExecutor"),
     "pool_fresh": (open_pool_fresh, "multiprocessing", "multiprocessing.Pool(maxtasksperchild=1)"),
     "pool": (open_pool, "multiprocessing", "multiprocessing.Pool"),

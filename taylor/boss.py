@@ -73,6 +73,12 @@ class Boss:
     :param security: a ``distributed.security.Security`` (TLS) for the connection to ``cluster``.
     :param cluster_mode: ``'isolated'`` (a fresh process per worker on its host, as locally) or
         ``'in-worker'`` (in the Dask worker's own thread: faster for tiny tasks, no timeout kill).
+    :param reuse: run many tasks per long-lived process (one per slot, forked
+        on demand) rather than one fresh process per task: for tasks of a
+        millisecond.  A task then sees the state earlier tasks of its process
+        left (see :mod:`taylor.reuse` for what reuse gives up).
+    :param max_tasks_per_process: with ``reuse``, replace a process after this
+        many tasks (None: never, only when it dies or is stopped).
     """
 
     control_signals = dict(SIGNALS)
@@ -80,16 +86,29 @@ class Boss:
     def __init__(self, scheduler: Any = None, name: Optional[str] = None, verbose: bool = False,
                  maxlenreport: int = 1024, sharedmemory_common_instructions: Optional[Mapping[str, Any]] = None,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
-                 max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30, cluster: Any = None,
-                 security: Any = None, cluster_mode: str = "isolated") -> None:
+                 max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30, reuse: bool = False,
+                 max_tasks_per_process: Optional[int] = None, cluster: Any = None, security: Any = None,
+                 cluster_mode: str = "isolated") -> None:
         if on_error not in ("abort", "continue"):
             raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
         why = (None if timeout is None else checks.seconds(timeout, "timeout")) or \
             checks.seconds(stop_grace, "stop_grace", zero=True)
         if why:
             raise ValueError(why + (" (timeout=None: no timeout)" if why.startswith("timeout") else ""))
+        if max_tasks_per_process is not None:
+            if isinstance(max_tasks_per_process, bool) or not isinstance(max_tasks_per_process, int) \
+                    or max_tasks_per_process < 1:
+                raise ValueError(f"max_tasks_per_process must be a whole number >= 1 or None, "
+                                 f"got {max_tasks_per_process!r}")
+            if not reuse:
+                raise ValueError("max_tasks_per_process goes with reuse=True (without reuse, each task has a "
+                                 "process of its own)")
         if scheduler is None:
             scheduler = default_scheduler()
+        if reuse and getattr(scheduler, "enforce", False):
+            raise ValueError(f"reuse=True cannot enforce each task's declared memory ({type(scheduler).__name__} "
+                             "with enforce=True): the limit is set on the task's process and would stay for the "
+                             "next tasks of that process; use enforce=False, or fresh processes (reuse=False)")
         if not callable(getattr(scheduler, "launchable", None)):
             raise TypeError(f"scheduler must have a launchable(pending, workers, report) method, got {scheduler!r}")
         if not hasattr(os, "fork"):
@@ -102,6 +121,9 @@ class Boss:
         if cluster is not None:
             from .cluster.seam import ClusterSpec
 
+            if reuse:
+                raise ValueError("reuse=True reuses processes of this host; on a Dask cluster, the tasks of a "
+                                 "millisecond go faster with cluster_mode='in-worker' (see its costs)")
             local_only = [what for what in ("binded", "measured", "enforce") if getattr(scheduler, what, False)]
             if local_only:
                 raise ValueError(
@@ -114,7 +136,8 @@ class Boss:
             fit_to_capacity(scheduler, {"max_memory": float("inf")})
         self._options = Options(name=name, verbose=verbose, maxlenreport=maxlenreport, on_error=on_error,
                                 timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
-                                shared=self._shared, cluster=spec)
+                                shared=self._shared, reuse=reuse, max_tasks_per_process=max_tasks_per_process,
+                                cluster=spec)
         self._max_instructions_bytes = int(max_instructions_bytes)
         self._visible = frozenset(worker_classes())
         self._names: set = set()

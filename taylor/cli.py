@@ -282,6 +282,10 @@ RESERVED = frozenset({"command", "logdir", "outdir", "live", "taylor_seq"})
 @click.option("--progress/--no-progress", default=None,
               help="Show progress on stderr: a line redrawn on a terminal, a status line now and then "
                    "elsewhere (default: when stderr is a terminal).")
+@click.option("--reuse", is_flag=True,
+              help="With --worker: run many tasks per long-lived process (one per slot) rather than one fresh "
+                   "process per task, for tasks of a millisecond; a task sees what earlier ones left in its "
+                   "process (globals, cwd, environment).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each task's start and end.")
 @click.option("--cluster", metavar="ADDRESS|SCHEDULER_FILE",
               help="Run the tasks on this Dask cluster (a scheduler address, tcp://host:8786, or the file "
@@ -297,11 +301,14 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
         jobs: Optional[str], max_memory: Optional[float], memory_per_task: Optional[float],
         scheduler_kind: Optional[str], measured_memory: bool, bind: bool, timeout: Optional[float], retries: int,
         halt_spec: Optional[str], keep_going: bool, dry_run: bool, report_path: Optional[str],
-        journal_path: Optional[str], resume: bool, progress: Optional[bool], verbose: bool,
+        journal_path: Optional[str], resume: bool, progress: Optional[bool], reuse: bool, verbose: bool,
         enforce_memory: bool = False, cluster: Optional[str] = None, cluster_mode: str = "isolated") -> None:
     from .errors import TaylorError
     from .gnu import parse_halt, parse_jobs, split_command_line
 
+    if cluster and reuse:
+        _fail("--reuse reuses processes of this host; with --cluster, use --cluster-mode in-worker for tasks "
+              "of a millisecond")
     words, groups = split_command_line(command_line)
     positional = bool(words)
     if positional:
@@ -312,6 +319,12 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
         _fail(f"{groups[0][0]} gives values to a command: write the command before it (taylor run echo ::: a b)")
     if bool(worker_spec) == bool(template):
         _fail("give exactly one of --worker MODULE[:CLASS], --command TEMPLATE or a COMMAND after the options")
+    if reuse and enforce_memory:
+        _fail("--reuse cannot go with --enforce-memory: a memory limit is set on a task's process and would stay "
+              "for the next tasks of that process")
+    if reuse and not worker_spec:
+        _fail("--reuse runs the tasks of a Python Worker class (--worker MODULE[:CLASS]) in long-lived processes; "
+              "a command has a process of its own anyway")
     if resume and not journal_path:
         _fail("--resume needs --journal FILE (the journal of the run to resume)")
     if timeout is not None:
@@ -451,7 +464,7 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
                       progress=sys.stderr.isatty() if progress is None else progress,
                       output=dict(mode=mode, order=order, tags=tags, keep_order=keep_order, logdir=logdir,
                                   command=template is not None), command=template,
-                      window=_window(halt, scheduler_kind, max_threads),
+                      window=_window(halt, scheduler_kind, max_threads), reuse=reuse,
                       cluster=dict(cluster=cluster, cluster_mode=cluster_mode) if cluster else {})
     sys.exit(code)
 
@@ -615,7 +628,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                halt: Any, halt_spec: Optional[str], retries: int, attempts: Dict[str, int],
                timeout: Optional[float], verbose: bool, report_path: Optional[str], journal_path: Optional[str],
                append: bool, skipped: int, progress: bool, output: Dict[str, Any],
-               command: Optional[str] = None, window: Optional[int] = None,
+               command: Optional[str] = None, window: Optional[int] = None, reuse: bool = False,
                cluster: Optional[Dict[str, Any]] = None) -> int:
     """Run the tasks, print their output, journal and show them as they finish, write the report; return
     the exit code.
@@ -729,7 +742,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         try:
             if tasks:
                 boss = Boss(scheduler=scheduler, on_error="abort" if abort_in_boss else "continue",
-                            timeout=timeout, verbose=verbose, **(cluster or {}))
+                            timeout=timeout, verbose=verbose, reuse=reuse, **(cluster or {}))
                 try:
                     feed(window or len(tasks))
                     # Opened once the input is known good: a bad input leaves an old journal as it was.

@@ -60,7 +60,7 @@ class Options:
     def __init__(self, *, name: Optional[str] = None, verbose: bool = False, maxlenreport: int = 1024,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
                  max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None,
-                 cluster: Any = None) -> None:
+                 reuse: bool = False, max_tasks_per_process: Optional[int] = None, cluster: Any = None) -> None:
         self.name = name
         self.verbose = verbose
         self.maxlenreport = int(maxlenreport)
@@ -69,6 +69,8 @@ class Options:
         self.stop_grace = float(stop_grace)
         self.max_report_bytes = int(max_report_bytes)
         self.shared = dict(shared or {})
+        self.reuse = bool(reuse)  # many tasks per long-lived process (see taylor.reuse)
+        self.max_tasks_per_process = max_tasks_per_process
         self.cluster = cluster  # a taylor.cluster.seam.ClusterSpec: the run goes on that Dask cluster
 
 
@@ -95,10 +97,24 @@ class Engine(ControlChannel, Dispatcher):
         self.deadlines = Deadlines()
         self.poller = Poller()
         self.wakeup_r, self.wakeup_w = os.pipe()
-        self.launcher: Launcher = launcher if launcher is not None else self._launcher_for(options)
+        self.launcher: Launcher = launcher if launcher is not None else self._make_launcher()
         self.killing = False  # every worker is being stopped: the run ends
 
     # ------------------------------------------------------------------ set-up
+    def _make_launcher(self) -> Launcher:
+        """The launcher the options ask for: the one place that chooses."""
+        options = self.options
+        if options.cluster is not None:  # a taylor.cluster.seam.ClusterSpec: tasks run on that Dask cluster
+            from .cluster.seam import ClusterLauncher
+
+            return ClusterLauncher(options.cluster, options)
+        if options.reuse:
+            from .reuse import ReuseProcesses
+
+            return ReuseProcesses(self._private_fds, options.max_report_bytes, options.shared,
+                                  options.max_tasks_per_process)
+        return LocalProcesses(self._private_fds, options.max_report_bytes, options.shared)
+
     def _private_fds(self) -> List[int]:
         fds = [self.control, self.wakeup_r, self.wakeup_w]
         if self.poller.fileno() is not None:
@@ -112,14 +128,6 @@ class Engine(ControlChannel, Dispatcher):
             if worker.direct is not None:
                 fds += worker.direct.fds
         return fds
-
-    def _launcher_for(self, options: Options) -> Launcher:
-        """The one place a run's launcher is chosen: its cluster's, else processes of this host."""
-        if options.cluster is not None:
-            from .cluster.seam import ClusterLauncher
-
-            return ClusterLauncher(options.cluster, options)
-        return LocalProcesses(self._private_fds, options.max_report_bytes, options.shared)
 
     def _setup(self) -> None:
         os.set_blocking(self.control, False)

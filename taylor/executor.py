@@ -4,7 +4,8 @@
 each call runs in a fresh process forked by a taylor boss, with taylor's
 guarantees: a process that dies fails only its own future, with
 :class:`~taylor.errors.WorkerDiedError`; per-call timeouts and declared memory
-feed the boss's scheduler; nothing is left behind.
+feed the boss's scheduler; nothing is left behind.  With ``reuse=True``, calls
+run one after the other in long-lived processes (see :mod:`taylor.reuse`).
 
 Three parties, as in CPython's ``concurrent/futures/process.py``:
 
@@ -134,6 +135,12 @@ class Executor(_BaseExecutor):
     :param name: a name for logs and error messages.
     :param stop_grace: seconds between SIGTERM and SIGKILL when a call is stopped.
     :param max_report_bytes: largest pickled result a call may send back.
+    :param reuse: run many calls per long-lived process (one per slot, forked
+        on demand, replaced when it dies or after ``max_tasks_per_process``
+        calls) rather than one fresh process per call: for calls of a
+        millisecond.  A call then sees what earlier calls left in its process
+        (globals, imported modules, cwd, environment); see :mod:`taylor.reuse`.
+    :param max_tasks_per_process: with ``reuse``, calls per process before it is replaced (None: no limit).
 
     The boss process is forked here: functions that exist now (lambdas and
     closures too) reach the calls' processes without pickling; see
@@ -142,7 +149,7 @@ class Executor(_BaseExecutor):
 
     def __init__(self, max_workers: Optional[int] = None, scheduler: Any = None, timeout: Optional[float] = None,
                  *, name: Optional[str] = None, stop_grace: float = 2.0, max_report_bytes: int = 1 << 30,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, reuse: bool = False, max_tasks_per_process: Optional[int] = None) -> None:
         if max_workers is not None:
             if scheduler is not None:
                 raise ValueError("give max_workers or scheduler, not both (a scheduler sets its own limits)")
@@ -158,7 +165,8 @@ class Executor(_BaseExecutor):
         try:
             with forking_with(functions):
                 self._boss = Boss(scheduler=scheduler, name=name, verbose=verbose, on_error="continue",
-                                  timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes)
+                                  timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
+                                  reuse=reuse, max_tasks_per_process=max_tasks_per_process)
         except BaseException:
             self._claims.close()
             raise

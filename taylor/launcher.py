@@ -17,7 +17,8 @@ through the :class:`Host` the engine gives it at :meth:`Launcher.open`:
   blocks and never polls.
 
 :class:`taylor.local.LocalProcesses` (processes forked here, by the spawner
-or the boss) is the launcher of a local run.  A cluster launcher plugs in
+or the boss) is the launcher of a local run; :class:`taylor.reuse.ReuseProcesses`
+(many tasks per long-lived process) that of a run with ``reuse=True``.  A cluster launcher plugs in
 behind the same methods: :class:`taylor.cluster.seam.ClusterLauncher`, chosen
 by the engine when its options name a cluster, maps ``open`` to its ``open`` and :meth:`Host.watch` of the
 descriptor it returns, ``start`` to its ``start(worker.name, cls, attributes,

@@ -22,6 +22,7 @@ __all__ = ["encode", "Decoder", "Outbox", "write_all", "MessageTooLarge", "read_
 
 _HEADER = struct.Struct("!Q")
 _CHUNK = 1 << 20
+CHUNK = _CHUNK  # what read_chunk reads at most
 
 
 class MessageTooLarge(ValueError):

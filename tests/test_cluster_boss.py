@@ -240,6 +240,8 @@ def test_cluster_mode_in_worker_runs_in_the_dask_worker(cluster):
     assert all(w["report"]["pid"] in pids for w in report.workers)
     with pytest.raises(ValueError, match="cluster_mode"):
         Boss(cluster=cluster.address, cluster_mode="threads")
+    with pytest.raises(ValueError, match="cluster_mode='in-worker'"):
+        Boss(cluster=cluster.address, reuse=True)
     with pytest.raises(ValueError, match="binded=True, which acts on this host's CPUs"):
         Boss(cluster=cluster.address, scheduler=MaxThreadsScheduler(max_threads=2, binded=True))
 

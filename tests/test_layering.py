@@ -26,7 +26,7 @@ LAYERS = [
     # 1: what a task is, before any process
     {"instructions", "worker", "journal", "gnu", "sources", "status", "calls"},
     # 2: starting processes
-    {"forking", "spawner", "launcher", "local", "command", "examples", "cluster"},
+    {"forking", "spawner", "launcher", "local", "reuse", "command", "examples", "cluster"},
     # 3: the boss loop (engine and its parts: every module not named here)
     set(),
     # 4: the caller's side
