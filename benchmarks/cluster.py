@@ -10,6 +10,10 @@ machine's mood:
   its host by the forker (the default mode);
 * ``in-worker``: taylor's DaskLauncher running each task in the Dask
   worker's thread.
+* ``Boss isolated`` and ``Boss in-worker``: the whole public path, a
+  ``taylor.Boss(cluster=client, cluster_mode=...)`` in server mode (connected
+  once, outside the timings) given the N instructions, until N entries are back
+  in the caller: the boss process, its scheduler and ClusterLauncher included.
 
 taylor's side starts all tasks in one batch (as its engine's dispatch would
 when the scheduler lets them all start) and collects every end through the
@@ -38,6 +42,8 @@ Measured on the 2-core reference VM, shared with other jobs (load average
 and in a second run, after task processes were named: client.map 5.20 s
 (4.67 to 5.97), isolated 8.59 s (6.59 to 8.92, 0.60x), in-worker 4.00 s
 (3.12 to 4.20, 1.30x).  Targets: isolated >= 0.5x, in-worker >= 0.9x.
+Through the Boss, see docs/cluster.rst (final code: client.map 3.31 s, Boss
+isolated 5.87 s, 0.56x; Boss in-worker 2.52 s, 1.31x).
 """
 
 from __future__ import annotations
