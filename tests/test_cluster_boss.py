@@ -317,8 +317,8 @@ def test_a_tls_cluster_takes_the_security_object_or_a_tls_client():
 
     security = Security.temporary()
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://", host="127.0.0.1",
-                      security=security, dashboard_address=None, worker_dashboard_address=None,
-                      scheduler_kwargs=dict(dashboard=False)) as tls:  # nothing listens but the scheduler
+                      security=security, dashboard_address="127.0.0.1:0",
+                      worker_dashboard_address="127.0.0.1:0") as tls:  # its HTTP servers on loopback, free ports
         address = tls.scheduler_address
         with pytest.raises(ClusterError, match="security"):
             batch_main(dict(noop=True), dict(value=[1]), print_report=False, cluster=address,
