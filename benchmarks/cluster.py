@@ -10,6 +10,10 @@ machine's mood:
   its host by the forker (the default mode);
 * ``in-worker``: taylor's DaskLauncher running each task in the Dask
   worker's thread.
+* ``Boss isolated`` and ``Boss in-worker``: the whole public path, a
+  ``taylor.Boss(cluster=client, cluster_mode=...)`` in server mode (connected
+  once, outside the timings) given the N instructions, until N entries are back
+  in the caller: the boss process, its scheduler and ClusterLauncher included.
 
 taylor's side starts all tasks in one batch (as its engine's dispatch would
 when the scheduler lets them all start) and collects every end through the
@@ -38,6 +42,8 @@ Measured on the 2-core reference VM, shared with other jobs (load average
 and in a second run, after task processes were named: client.map 5.20 s
 (4.67 to 5.97), isolated 8.59 s (6.59 to 8.92, 0.60x), in-worker 4.00 s
 (3.12 to 4.20, 1.30x).  Targets: isolated >= 0.5x, in-worker >= 0.9x.
+Through the Boss, see docs/cluster.rst (final code: client.map 3.31 s, Boss
+isolated 5.87 s, 0.56x; Boss in-worker 2.52 s, 1.31x).
 """
 
 from __future__ import annotations
@@ -93,6 +99,32 @@ def run_launcher(launcher: DaskLauncher, tasks: int) -> float:
     return elapsed
 
 
+def boss_runner(client: Client, mode: str):
+    """A taylor Boss on the cluster (server mode, connected once), and how to time ``tasks`` no-ops through it:
+    the whole public path, caller -> boss -> its scheduler -> the cluster and back, one entry per task."""
+    from taylor import Boss
+
+    boss = Boss(cluster=client, cluster_mode=mode)
+    boss.make_them_work()
+    count = [0]
+
+    def run(tasks: int) -> float:
+        start = time.perf_counter()
+        base = count[0]
+        boss.set_instructions(dict(noop=True), dict(name=[f"b{base + i}" for i in range(tasks)]))
+        got = 0
+        while got < tasks:
+            entries = boss.wait_for_entries(timeout=120)
+            assert entries, f"{got} of {tasks} entries within 120 s"
+            bad = [e for e in entries if e["status"] != "done"]
+            assert not bad, bad[:3]
+            got += len(entries)
+        count[0] += tasks
+        return time.perf_counter() - start
+
+    return boss, run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
@@ -108,14 +140,20 @@ def main() -> None:
         inside = DaskLauncher(client, mode=IN_WORKER, **options)
         isolated.open()
         inside.open()
+        boss_isolated, through_isolated = boss_runner(client, ISOLATED)
+        boss_inside, through_inside = boss_runner(client, IN_WORKER)
         contenders = {
             "client.map": lambda: run_map(client, args.tasks),
             "isolated": lambda: run_launcher(isolated, args.tasks),
             "in-worker": lambda: run_launcher(inside, args.tasks),
+            "Boss isolated": lambda: through_isolated(args.tasks),
+            "Boss in-worker": lambda: through_inside(args.tasks),
         }
         run_map(client, 50)  # warm-up: imports, first forks, class transport
         run_launcher(isolated, 50)
         run_launcher(inside, 50)
+        through_isolated(50)
+        through_inside(50)
         timings = {name: [] for name in contenders}
         for round_ in range(args.rounds):
             order = list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
@@ -123,12 +161,16 @@ def main() -> None:
                 timings[name].append(contenders[name]())
         isolated.close()
         inside.close()
+        for boss in (boss_isolated, boss_inside):
+            boss.end()
+            boss.wait_till_finished()
+            boss.close()
     base = statistics.median(timings["client.map"])
     print(f"{args.tasks} no-op tasks on a local Dask cluster of 2 worker processes x 1 thread, {args.rounds} rounds")
-    print(f"{'contender':<12} {'median s':>9} {'min s':>7} {'max s':>7} {'tasks/s':>8} {'vs map':>7}")
+    print(f"{'contender':<15} {'median s':>9} {'min s':>7} {'max s':>7} {'tasks/s':>8} {'vs map':>7}")
     for name, values in timings.items():
         median = statistics.median(values)
-        print(f"{name:<12} {median:9.3f} {min(values):7.3f} {max(values):7.3f} {args.tasks / median:8.0f} "
+        print(f"{name:<15} {median:9.3f} {min(values):7.3f} {max(values):7.3f} {args.tasks / median:8.0f} "
               f"{base / median:6.2f}x")
     if args.json:
         print(json.dumps(timings))

@@ -28,7 +28,7 @@ from .errors import BossClosedError, BossDiedError, InstructionsError, Interrupt
 from .instructions import expand, resolve, too_deep_error, worker_classes
 from .interrupts import sigterm_raises
 from .report import Report
-from .schedulers import default_scheduler
+from .schedulers import default_scheduler, fit_to_capacity
 
 __all__ = ["Boss", "run_as_server", "batch_main", "format_report", "ABORT_MARGIN"]  # noqa: F822 - see __getattr__
 
@@ -65,6 +65,14 @@ class Boss:
     :param max_report_bytes: largest pickled report a worker may send.
     :param max_instructions_bytes: largest pickled batch of instructions the
         caller may send at once.
+    :param cluster: run the workers on this Dask cluster rather than on this
+        host: a scheduler address (``tcp://host:8786``), the path of a Dask
+        scheduler file, or a ``distributed.Client`` (``pip install 'taylor[dask]'``;
+        see the manual's *cluster* page).  The default scheduler then fits the
+        cluster's threads and memory; each entry says ``where`` it ran.
+    :param security: a ``distributed.security.Security`` (TLS) for the connection to ``cluster``.
+    :param cluster_mode: ``'isolated'`` (a fresh process per worker on its host, as locally) or
+        ``'in-worker'`` (in the Dask worker's own thread: faster for tiny tasks, no timeout kill).
     :param reuse: run many tasks per long-lived process (one per slot, forked
         on demand) rather than one fresh process per task: for tasks of a
         millisecond.  A task then sees the state earlier tasks of its process
@@ -79,7 +87,8 @@ class Boss:
                  maxlenreport: int = 1024, sharedmemory_common_instructions: Optional[Mapping[str, Any]] = None,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
                  max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30, reuse: bool = False,
-                 max_tasks_per_process: Optional[int] = None) -> None:
+                 max_tasks_per_process: Optional[int] = None, cluster: Any = None, security: Any = None,
+                 cluster_mode: str = "isolated") -> None:
         if on_error not in ("abort", "continue"):
             raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
         why = (None if timeout is None else checks.seconds(timeout, "timeout")) or \
@@ -108,9 +117,27 @@ class Boss:
         self.name = name
         self.verbose = verbose
         self._shared = dict(sharedmemory_common_instructions or {})
+        spec = None
+        if cluster is not None:
+            from .cluster.seam import ClusterSpec
+
+            if reuse:
+                raise ValueError("reuse=True reuses processes of this host; on a Dask cluster, the tasks of a "
+                                 "millisecond go faster with cluster_mode='in-worker' (see its costs)")
+            local_only = [what for what in ("binded", "measured", "enforce") if getattr(scheduler, what, False)]
+            if local_only:
+                raise ValueError(
+                    f"the scheduler {type(scheduler).__name__} has {', '.join(f'{w}=True' for w in local_only)}, "
+                    "which acts on this host's CPUs and processes only, not on a Dask cluster's: run without it "
+                    "on a cluster (declared memory is honoured there: each task goes where it fits)")
+            spec = ClusterSpec(cluster, security, cluster_mode)
+            # What this host offers is no cap on the cluster's run: the boss fits the scheduler's defaults
+            # to the cluster once connected; until then no task is refused for this host's memory.
+            fit_to_capacity(scheduler, {"max_memory": float("inf")})
         self._options = Options(name=name, verbose=verbose, maxlenreport=maxlenreport, on_error=on_error,
                                 timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
-                                shared=self._shared, reuse=reuse, max_tasks_per_process=max_tasks_per_process)
+                                shared=self._shared, reuse=reuse, max_tasks_per_process=max_tasks_per_process,
+                                cluster=spec)
         self._max_instructions_bytes = int(max_instructions_bytes)
         self._visible = frozenset(worker_classes())
         self._names: set = set()

@@ -287,6 +287,14 @@ RESERVED = frozenset({"command", "logdir", "outdir", "live", "taylor_seq"})
                    "process per task, for tasks of a millisecond; a task sees what earlier ones left in its "
                    "process (globals, cwd, environment).")
 @click.option("-v", "--verbose", is_flag=True, help="Log each task's start and end.")
+@click.option("--cluster", metavar="ADDRESS|SCHEDULER_FILE",
+              help="Run the tasks on this Dask cluster (a scheduler address, tcp://host:8786, or the file "
+                   "written by dask scheduler --scheduler-file) instead of on this host; -j 0 (the default) then "
+                   "means the cluster's threads. Needs pip install 'taylor[dask]'.")
+@click.option("--cluster-mode", type=click.Choice(["isolated", "in-worker"]), default="isolated",
+              show_default=True,
+              help="With --cluster: a fresh process per task on its host, or the Dask worker's own thread "
+                   "(tiny tasks; no timeout kill, no process isolation).")
 def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optional[str], common: Sequence[str],
         individual: Sequence[str], from_file: Optional[str], from_format: Optional[str], csv_input: bool,
         jsonl_input: bool, logdir: Optional[str], line_buffer: bool, tag: bool, keep_order: bool, quiet: bool,
@@ -294,10 +302,13 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
         scheduler_kind: Optional[str], measured_memory: bool, bind: bool, timeout: Optional[float], retries: int,
         halt_spec: Optional[str], keep_going: bool, dry_run: bool, report_path: Optional[str],
         journal_path: Optional[str], resume: bool, progress: Optional[bool], reuse: bool, verbose: bool,
-        enforce_memory: bool = False) -> None:
+        enforce_memory: bool = False, cluster: Optional[str] = None, cluster_mode: str = "isolated") -> None:
     from .errors import TaylorError
     from .gnu import parse_halt, parse_jobs, split_command_line
 
+    if cluster and reuse:
+        _fail("--reuse reuses processes of this host; with --cluster, use --cluster-mode in-worker for tasks "
+              "of a millisecond")
     words, groups = split_command_line(command_line)
     positional = bool(words)
     if positional:
@@ -453,7 +464,8 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
                       progress=sys.stderr.isatty() if progress is None else progress,
                       output=dict(mode=mode, order=order, tags=tags, keep_order=keep_order, logdir=logdir,
                                   command=template is not None), command=template,
-                      window=_window(halt, scheduler_kind, max_threads), reuse=reuse)
+                      window=_window(halt, scheduler_kind, max_threads), reuse=reuse,
+                      cluster=dict(cluster=cluster, cluster_mode=cluster_mode) if cluster else {})
     sys.exit(code)
 
 
@@ -616,7 +628,8 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                halt: Any, halt_spec: Optional[str], retries: int, attempts: Dict[str, int],
                timeout: Optional[float], verbose: bool, report_path: Optional[str], journal_path: Optional[str],
                append: bool, skipped: int, progress: bool, output: Dict[str, Any],
-               command: Optional[str] = None, window: Optional[int] = None, reuse: bool = False) -> int:
+               command: Optional[str] = None, window: Optional[int] = None, reuse: bool = False,
+               cluster: Optional[Dict[str, Any]] = None) -> int:
     """Run the tasks, print their output, journal and show them as they finish, write the report; return
     the exit code.
 
@@ -729,7 +742,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
         try:
             if tasks:
                 boss = Boss(scheduler=scheduler, on_error="abort" if abort_in_boss else "continue",
-                            timeout=timeout, verbose=verbose, reuse=reuse)
+                            timeout=timeout, verbose=verbose, reuse=reuse, **(cluster or {}))
                 try:
                     feed(window or len(tasks))
                     # Opened once the input is known good: a bad input leaves an old journal as it was.
@@ -1057,16 +1070,25 @@ def _describe_class(cls: type, skip: frozenset = frozenset()) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-def schedulers() -> None:
+@click.option("--cluster", metavar="ADDRESS|SCHEDULER_FILE",
+              help="Describe this Dask cluster (its workers, threads, memory, hosts) instead of this host.")
+def schedulers(cluster: Optional[str] = None) -> None:
     """List the schedulers, their parameters, and what the defaults resolve to here.
 
     The figures are those of this job, not of the whole node: the CPUs this
     process may use and the memory it may take, each with where it came from
     (CPU affinity, cgroup limits, the batch system's allocation...).
 
-    Example: taylor schedulers
+    With --cluster, the figures are the Dask cluster's, which a run with
+    --cluster uses instead.
+
+    Example: taylor schedulers --cluster scheduler.json
     """
     import footprints
+
+    if cluster:
+        _describe_cluster(cluster)
+        return
 
     from . import schedulers as _  # noqa: F401 - registers the schedulers
     from .schedulers import host
@@ -1087,3 +1109,29 @@ def schedulers() -> None:
         source = getattr(memory, "memory_source", "")
         click.echo(f"And without --max-memory, memory schedulers keep the tasks' declared memory under "
                    f"{memory.max_memory:.0f} MiB" + (f" ({source})." if source else "."))
+
+
+def _describe_cluster(cluster: str) -> None:
+    """What ``taylor run --cluster`` would use: the Dask cluster's figures, each with its source."""
+    from .cluster.connect import ClusterError
+
+    try:
+        from .cluster.capacity import ClusterCapacity
+        from .cluster.launcher import describe_cluster
+
+        described = describe_cluster(cluster)
+    except ClusterError as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"--cluster needs Dask distributed: pip install 'taylor[dask]' ({exc})")
+    click.echo("On the Dask cluster:")
+    for key, (figure, source) in described.items():
+        if isinstance(figure, float):
+            figure = "unlimited" if figure == float("inf") else f"{figure:.0f}"
+        elif isinstance(figure, list):
+            figure = ", ".join(map(str, figure))
+        click.echo(f"    {key:<18} {figure}  ({source})")
+    cpus = described["cpus"][0]
+    ahead = ClusterCapacity().ahead
+    click.echo(f"So 'taylor run --cluster {cluster}' (-j 0, the default) runs {cpus} tasks at once, one per Dask "
+               f"worker thread, with up to {ahead} more per thread queued on each worker.")

@@ -79,6 +79,15 @@ class Dispatcher:
             with self.launcher.batch():
                 self._start_all(launch)
         if not self.workers and self.pending and not launch:
+            validate = getattr(self.scheduler, "validate", None)
+            try:  # its own words first: its caps may have changed since the caller checked (fitted to a cluster)
+                if callable(validate):
+                    validate([self.pending[0]])
+            except TaylorError as exc:
+                self._fail_run(exc)
+                return
+            except Exception:  # noqa: BLE001 - a scheduler's bug here: the plain words below
+                pass
             self._fail_run(CapacityError(
                 f"the scheduler {type(self.scheduler).__name__} starts none of the {len(self.pending)} "
                 "pending instructions although no worker runs, so they could never start; first one: "
@@ -115,6 +124,9 @@ class Dispatcher:
             if exc.errno not in NOT_NOW:
                 raise
             return self._not_now(worker, exc.strerror or os.strerror(exc.errno))
+        except TaylorError as exc:  # it could never start there (more memory than any host has): the run fails
+            self._fail_run(exc)
+            return False
         worker.start_time = time.time()
         worker.fd = fd
         worker.channel_open = fd is not None
@@ -122,7 +134,7 @@ class Dispatcher:
         if fd is not None:
             self.poller.register(fd, lambda _fd, _mask: self._read_report(worker))
         timeout = instructions.timeout if instructions.timeout is not None else self.options.timeout
-        if timeout is not None:
+        if timeout is not None and not self.launcher.own_timeouts:
             self.at(timeout, self._on_timeout, worker)
         return True
 

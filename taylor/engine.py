@@ -43,6 +43,7 @@ from .local import LocalProcesses
 from .poller import READ, Poller
 from .report import FAILED
 from .running import RunningWorker
+from .schedulers import fit_to_capacity
 from .worker import OK
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
@@ -59,7 +60,7 @@ class Options:
     def __init__(self, *, name: Optional[str] = None, verbose: bool = False, maxlenreport: int = 1024,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
                  max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None,
-                 reuse: bool = False, max_tasks_per_process: Optional[int] = None) -> None:
+                 reuse: bool = False, max_tasks_per_process: Optional[int] = None, cluster: Any = None) -> None:
         self.name = name
         self.verbose = verbose
         self.maxlenreport = int(maxlenreport)
@@ -70,6 +71,7 @@ class Options:
         self.shared = dict(shared or {})
         self.reuse = bool(reuse)  # many tasks per long-lived process (see taylor.reuse)
         self.max_tasks_per_process = max_tasks_per_process
+        self.cluster = cluster  # a taylor.cluster.seam.ClusterSpec: the run goes on that Dask cluster
 
 
 class Engine(ControlChannel, Dispatcher):
@@ -102,6 +104,10 @@ class Engine(ControlChannel, Dispatcher):
     def _make_launcher(self) -> Launcher:
         """The launcher the options ask for: the one place that chooses."""
         options = self.options
+        if options.cluster is not None:  # a taylor.cluster.seam.ClusterSpec: tasks run on that Dask cluster
+            from .cluster.seam import ClusterLauncher
+
+            return ClusterLauncher(options.cluster, options)
         if options.reuse:
             from .reuse import ReuseProcesses
 
@@ -148,7 +154,10 @@ class Engine(ControlChannel, Dispatcher):
         if os.getppid() != self.caller_pid:
             self._caller_gone()
             return
-        self.launcher.open(self)
+        try:
+            self.launcher.open(self)
+        except TaylorError as exc:  # where workers run cannot be used (a cluster unreachable): the run's error
+            self._fail_run(exc)
 
     # --------------------------------------------------------------- main loop
     def run(self) -> int:
@@ -239,6 +248,15 @@ class Engine(ControlChannel, Dispatcher):
         if worker.stop_requested:  # asked to stop before its pid was known: its grace starts now
             self.launcher.signal(worker, signal.SIGTERM)
             self.at(self.options.stop_grace, self._on_grace_over, worker)
+
+    def fail(self, error: BaseException) -> None:
+        """Where workers run was lost (a cluster's scheduler): the run fails with ``error``."""
+        self._fail_run(error)
+
+    def capacity(self, limits: Dict[str, Any]) -> None:
+        """Where workers run offers ``limits`` now: the scheduler's defaults follow them."""
+        fit_to_capacity(self.scheduler, limits)
+        self.dirty = True
 
     def lost(self, worker: RunningWorker, why: str) -> None:
         """A worker that ended unseen, or never started: a failure that says why."""

@@ -48,6 +48,8 @@ def make_entry(worker: Any, exitcode: Optional[int], default_timeout: Optional[f
         "end_time": worker.end_time or time.time(),
         "exitcode": exitcode,
     }
+    if getattr(worker, "where", None) is not None:  # it ran elsewhere: {"worker": address, "host": name}
+        entry["where"] = worker.where
     outcome = worker.outcome
     kind = outcome[0] if isinstance(outcome, tuple) and outcome else None
     failed = None
@@ -86,6 +88,9 @@ def make_entry(worker: Any, exitcode: Optional[int], default_timeout: Optional[f
                                    f"({type(exc).__name__}: {exc})")
     if failed is not None:
         cls, what = failed
+        where = entry.get("where")
+        if where and where.get("worker") and where["worker"] not in what:  # a cluster's task: say where it was
+            what = f"{what}, on Dask worker {where['worker']} (host {where.get('host')})"
         plain = {k: v for k, v in worker.instructions.items() if k != "scheduler_hooks"}
         entry.update(status=FAILED, report=cls(
             worker_failure_message(what, worker.name, plain, worker.pid),

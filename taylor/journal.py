@@ -155,6 +155,8 @@ class Journal:
             "exitcode": entry.get("exitcode"),
             "pid": entry.get("pid"),
         }
+        if entry.get("where") is not None:  # a cluster run: the Dask worker and host it ran on
+            record["where"] = entry["where"]
         start, end = entry.get("start_time"), entry.get("end_time")
         if start is not None and end is not None:
             record["duration"] = round(end - start, 6)

@@ -19,13 +19,13 @@ through the :class:`Host` the engine gives it at :meth:`Launcher.open`:
 :class:`taylor.local.LocalProcesses` (processes forked here, by the spawner
 or the boss) is the launcher of a local run; :class:`taylor.reuse.ReuseProcesses`
 (many tasks per long-lived process) that of a run with ``reuse=True``.  A cluster launcher plugs in
-behind the same methods; for :class:`taylor.cluster.launcher.DaskLauncher`, an
-adapter would map ``open`` to its ``open`` and :meth:`Host.watch` of the
+behind the same methods: :class:`taylor.cluster.seam.ClusterLauncher`, chosen
+by the engine when its options name a cluster, maps ``open`` to its ``open`` and :meth:`Host.watch` of the
 descriptor it returns, ``start`` to its ``start(worker.name, cls, attributes,
 memory=worker.memory, timeout=...)`` (no report channel: None), its wake-ups and
 :meth:`Launcher.update` to its ``ended()`` (each :class:`~taylor.cluster.launcher.Ended`'s outcome, lost
 and timed_out set on the worker, then :meth:`Host.ended` with its exit code),
-``signal`` and ``kill`` to its ``signal`` and ``cancel``, :meth:`Launcher.batch`
+``signal``, ``terminate`` and ``kill`` to its ``signal``, ``stop`` and ``cancel``, :meth:`Launcher.batch`
 to its ``batch``, ``close`` to its ``cancel_all`` and ``close``.  This module
 must not depend on the engine, the spawner or any launcher's own machinery.
 """
@@ -73,6 +73,13 @@ class Host(Protocol):
     def requeue(self, workers: list) -> None:
         """``workers`` were never started: their instructions go back to the front of the queue, in order."""
 
+    def fail(self, error: BaseException) -> None:
+        """Where workers run is lost (a cluster's scheduler): the run fails with ``error``, its workers stop."""
+
+    def capacity(self, limits: dict) -> None:
+        """Where workers run offers ``limits`` now (``max_threads``, ``max_memory`` MiB or None): the
+        scheduler's defaults (``max_threads=0``, an unset ``max_memory``) follow them instead of this host's."""
+
 
 class Launcher:
     """Where workers run; the engine's only way to start, signal and hear of them.
@@ -84,6 +91,7 @@ class Launcher:
     descriptors; a launcher that holds none per worker leaves it at zero.
     """
 
+    own_timeouts = False  # True: the launcher enforces each worker's timeout itself (the engine sets none)
     fds_held = 0  # descriptors the boss holds for running workers (0: starts are never held back for them)
     fd_budget = 0
     fd_limit = 0

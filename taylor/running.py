@@ -42,6 +42,8 @@ class RunningWorker:
         self.lost: Optional[str] = None  # why it ended unseen (its spawner died)
         self.end_time: Optional[float] = None  # when its report was complete, if before its exit
         self.killed = False  # the boss sent it SIGKILL
+        self.remote: Any = None  # its launcher's handle when it runs elsewhere (a cluster's task)
+        self.where: Optional[Dict[str, Any]] = None  # where it ran, when not on this host
 
     def __getattr__(self, key: str) -> Any:
         try:

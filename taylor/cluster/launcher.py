@@ -523,6 +523,47 @@ class DaskLauncher:
             self.client.loop.asyncio_loop)
         return True
 
+    def stop(self, tasks: List[RemoteTask], signum: int = _signals.SIGTERM) -> None:
+        """Ask ``tasks`` to stop: ``signum`` to those running on their hosts now (isolated mode),
+        and those not running yet (waiting here, or queued on their Dask worker) cancelled, so that
+        none starts after being told to stop.  In in-worker mode every one is cancelled."""
+        if self.client is None:
+            return
+        submitted = [t for t in tasks if t.state == "submitted" and t.future is not None]
+        for task in tasks:
+            if task.state == "waiting":
+                self.cancel(task)
+        if not submitted:
+            return
+        if self.mode != ISOLATED:
+            for task in submitted:
+                task.cancelled = True
+            asyncio.run_coroutine_threadsafe(self.client._cancel([t.future for t in submitted], force=True),
+                                             self.client.loop.asyncio_loop)
+            return
+        asyncio.run_coroutine_threadsafe(self._stop(submitted, int(signum)), self.client.loop.asyncio_loop)
+
+    async def _stop(self, tasks: List[RemoteTask], signum: int) -> None:
+        from .remote import signal_tasks
+
+        by_worker: Dict[str, List[RemoteTask]] = {}
+        for task in tasks:
+            by_worker.setdefault(task.worker or "", []).append(task)
+        found: set = set()
+        for address, group in by_worker.items():
+            with contextlib.suppress(Exception):
+                answers = await self.client._run(signal_tasks, [t.key for t in group], signum, workers=[address],
+                                                 on_error="ignore")
+                for keys in (answers or {}).values():
+                    if isinstance(keys, list):
+                        found.update(keys)
+        queued = [t for t in tasks if t.key not in found and t.state == "submitted" and t.future is not None]
+        for task in queued:
+            task.cancelled = True
+        if queued:
+            with contextlib.suppress(Exception):
+                await self.client._cancel([t.future for t in queued], force=True)
+
     def cancel(self, task: RemoteTask) -> None:
         """Drop ``task``: not started if it was not, its process tree killed on its host if it ran.
         It ends as ``cancelled`` (unless its end was already in)."""

@@ -24,9 +24,23 @@ from .single_file import SingleOpenFileScheduler
 from .threads import LaxistScheduler, MaxThreadsScheduler
 
 __all__ = ["BaseScheduler", "LaxistScheduler", "MaxThreadsScheduler", "MaxMemoryScheduler",
-           "LongestFirstScheduler", "SingleOpenFileScheduler", "default_scheduler"]
+           "LongestFirstScheduler", "SingleOpenFileScheduler", "default_scheduler", "fit_to_capacity"]
 
 
 def default_scheduler() -> BaseScheduler:
     """The scheduler a Boss uses when given none: as many workers as usable CPUs."""
     return MaxThreadsScheduler(limit="threads", max_threads=0)
+
+
+def fit_to_capacity(scheduler: object, limits: dict) -> None:
+    """Fit what ``scheduler`` left to its host to another capacity (a Dask cluster's, see
+    :meth:`taylor.cluster.capacity.ClusterCapacity.scheduler_limits`): ``max_threads=0`` becomes
+    ``limits["max_threads"]``, a ``max_memory`` not given becomes ``limits["max_memory"]``.
+    Figures the user gave stay: they cap the whole run."""
+    threads = limits.get("max_threads")
+    if threads and getattr(scheduler, "max_threads", None) == 0 and hasattr(scheduler, "_limit"):
+        scheduler._limit = int(threads)
+    memory = limits.get("max_memory")
+    if memory and hasattr(scheduler, "memory_source") and scheduler.memory_source != "max_memory given":
+        scheduler.max_memory = float(memory) * getattr(scheduler, "memory_max_percentage", 1.0)
+        scheduler.memory_source = "the Dask workers' memory limits"
