@@ -49,6 +49,10 @@ class Boss:
     :param name: a name for logs.
     :param verbose: log each worker's start and report (``taylor`` logger).
     :param maxlenreport: longest report text logged when verbose.
+    :param log_failures: log each failed worker, with its instructions and
+        traceback, as it fails (``taylor`` logger); False leaves failures to
+        the caller (the :class:`~taylor.executor.Executor` does, its futures
+        carry them).
     :param sharedmemory_common_instructions: instructions given to every
         worker without being pickled (shared-memory objects); they reach the
         boss when it is created.
@@ -88,7 +92,7 @@ class Boss:
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
                  max_report_bytes: int = 1 << 30, max_instructions_bytes: int = 1 << 30, reuse: bool = False,
                  max_tasks_per_process: Optional[int] = None, cluster: Any = None, security: Any = None,
-                 cluster_mode: str = "isolated") -> None:
+                 cluster_mode: str = "isolated", log_failures: bool = True) -> None:
         if on_error not in ("abort", "continue"):
             raise ValueError(f"on_error must be 'abort' or 'continue', got {on_error!r}")
         why = (None if timeout is None else checks.seconds(timeout, "timeout")) or \
@@ -137,7 +141,7 @@ class Boss:
         self._options = Options(name=name, verbose=verbose, maxlenreport=maxlenreport, on_error=on_error,
                                 timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
                                 shared=self._shared, reuse=reuse, max_tasks_per_process=max_tasks_per_process,
-                                cluster=spec)
+                                cluster=spec, log_failures=log_failures)
         self._max_instructions_bytes = int(max_instructions_bytes)
         self._visible = frozenset(worker_classes())
         self._names: set = set()

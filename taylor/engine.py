@@ -60,7 +60,8 @@ class Options:
     def __init__(self, *, name: Optional[str] = None, verbose: bool = False, maxlenreport: int = 1024,
                  on_error: str = "abort", timeout: Optional[float] = None, stop_grace: float = 2.0,
                  max_report_bytes: int = 1 << 30, shared: Optional[Dict[str, Any]] = None,
-                 reuse: bool = False, max_tasks_per_process: Optional[int] = None, cluster: Any = None) -> None:
+                 reuse: bool = False, max_tasks_per_process: Optional[int] = None, cluster: Any = None,
+                 log_failures: bool = True) -> None:
         self.name = name
         self.verbose = verbose
         self.maxlenreport = int(maxlenreport)
@@ -72,6 +73,7 @@ class Options:
         self.reuse = bool(reuse)  # many tasks per long-lived process (see taylor.reuse)
         self.max_tasks_per_process = max_tasks_per_process
         self.cluster = cluster  # a taylor.cluster.seam.ClusterSpec: the run goes on that Dask cluster
+        self.log_failures = bool(log_failures)
 
 
 class Engine(ControlChannel, Dispatcher):
@@ -312,7 +314,8 @@ class Engine(ControlChannel, Dispatcher):
 
     def _log(self, entry: Dict[str, Any]) -> None:
         if entry["status"] == FAILED:
-            log.error("%s", failure_text(entry))
+            if self.options.log_failures:
+                log.error("%s", failure_text(entry))
         elif self.options.verbose:
             text = repr(entry["report"])
             if len(text) > self.options.maxlenreport:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import select
 import threading
@@ -158,21 +157,15 @@ class Executor(_BaseExecutor):
             scheduler = MaxThreadsScheduler(limit="threads", max_threads=max_workers)
         self._claims = Claims()
         functions = fork_time_functions()
-        quiet = None if verbose else _QuietFailures()
-        boss_log = logging.getLogger("taylor.boss")
-        if quiet is not None:  # set in the boss, forked now; removed here at once
-            boss_log.addFilter(quiet)
         try:
-            with forking_with(functions):
+            with forking_with(functions):  # an executor's failures are its futures' exceptions: not logged
                 self._boss = Boss(scheduler=scheduler, name=name, verbose=verbose, on_error="continue",
                                   timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
-                                  reuse=reuse, max_tasks_per_process=max_tasks_per_process)
+                                  reuse=reuse, max_tasks_per_process=max_tasks_per_process,
+                                  log_failures=verbose)
         except BaseException:
             self._claims.close()
             raise
-        finally:
-            if quiet is not None:
-                boss_log.removeFilter(quiet)
         self._known = weakref.WeakValueDictionary(functions)
         del functions  # the boss holds them; here, only while the caller does
         self.name = name
@@ -411,17 +404,6 @@ class Executor(_BaseExecutor):
                 _settle(future.set_exception, broken)
         self._claims.close()
         _live.discard(self)
-
-
-class _QuietFailures(logging.Filter):
-    """Drops the boss's log line for each failed worker: an executor's failures are its futures'
-    exceptions, for the caller to handle (``verbose=True`` keeps the lines)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.ERROR:
-            return True
-        message = record.getMessage()
-        return not (message.startswith("worker ") and " failed: " in message.split("\n", 1)[0])
 
 
 def _settle(setter: Callable[[Any], None], value: Any) -> None:

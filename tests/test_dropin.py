@@ -297,3 +297,24 @@ def test_a_failing_worker_is_logged_with_traceback_and_instructions_when_it_fail
     assert err.count("Traceback (most recent call last)") == 1
     assert 'raise KeyError("bad key")' in err
     assert err.index("failed: KeyError") < err.index("CALLER GOES ON")
+
+
+def test_failures_left_to_the_caller_are_not_logged():
+    """Boss(log_failures=False), and so the Executor (its futures carry the failures): no log line."""
+    code = textwrap.dedent(f"""\
+        import sys
+        sys.path[:0] = [{TESTS!r}, {ROOT!r}]
+        import workers
+        import taylor
+        from taylor import batch_main
+        report = batch_main(None, dict(fault=["raise"], name=["culprit"]), on_error="continue",
+                            log_failures=False, print_report=False)
+        assert report.failures and report.failures[0]["name"] == "culprit"
+        with taylor.Executor(max_workers=1) as ex:
+            future = ex.submit(int, "not a number")
+            assert isinstance(future.exception(timeout=20), ValueError)
+        print("done", flush=True)
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout == "done\n", done.stderr
+    assert "failed" not in done.stderr and "Traceback" not in done.stderr, done.stderr
