@@ -59,8 +59,7 @@ FORKER_START_TIMEOUT = 30.0
 _forker: Optional[Forker] = None
 #: Task key -> pid of its process, for the isolated tasks running on this Dask worker.
 _running: Dict[str, int] = {}
-#: Keys of the isolated tasks whose process is being started, and of those Dask cancelled meanwhile.
-_starting: Set[str] = set()
+#: Keys of the isolated tasks Dask cancelled before their process was known (started or not).
 _cancelled: Set[str] = set()
 _lock = threading.Lock()
 
@@ -143,8 +142,8 @@ class ForkerPlugin(WorkerPlugin):
         if start == "executing" and finish in ("cancelled", "released", "forgotten"):
             with _lock:
                 pid = _running.get(key)
-                if pid is None and key in _starting:  # killed as soon as it is started (see _wait)
-                    _cancelled.add(key)
+                if pid is None:  # killed as soon as it is started (see _wait), or never started (run_isolated):
+                    _cancelled.add(key)  # Dask marks a task executing a moment before its function runs
             if pid is not None:
                 _kill_tree(pid, signal.SIGKILL)
 
@@ -203,12 +202,13 @@ def run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: 
     start = time.time()
     where = _where()
     with _lock:
-        _starting.add(key)
+        cancelled = key in _cancelled
     try:
+        if cancelled:  # between Dask's "executing" and this call: nothing to start
+            return _result(where, start, refused="cancelled before its process was started")
         return _run_isolated(key, class_bytes, attribute_bytes, timeout, grace, max_report_bytes, start, where)
     finally:
         with _lock:
-            _starting.discard(key)
             _running.pop(key, None)
             _cancelled.discard(key)
 
