@@ -128,13 +128,14 @@ class Boss:
             if reuse:
                 raise ValueError("reuse=True reuses processes of this host; on a Dask cluster, the tasks of a "
                                  "millisecond go faster with cluster_mode='in-worker' (see its costs)")
-            local_only = [what for what in ("binded", "measured", "enforce") if getattr(scheduler, what, False)]
+            local_only = [what for what in ("measured", "enforce") if getattr(scheduler, what, False)]
             if local_only:
                 raise ValueError(
                     f"the scheduler {type(scheduler).__name__} has {', '.join(f'{w}=True' for w in local_only)}, "
                     "which acts on this host's CPUs and processes only, not on a Dask cluster's: run without it "
                     "on a cluster (declared memory is honoured there: each task goes where it fits)")
-            spec = ClusterSpec(cluster, security, cluster_mode)
+            # Binding applies per host: the cluster launcher pins each task to a CPU of its host.
+            spec = ClusterSpec(cluster, security, cluster_mode, bind=bool(getattr(scheduler, "binded", False)))
             # What this host offers is no cap on the cluster's run: the boss fits the scheduler's defaults
             # to the cluster once connected; until then no task is refused for this host's memory.
             fit_to_capacity(scheduler, {"max_memory": float("inf")})

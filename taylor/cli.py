@@ -260,7 +260,7 @@ RESERVED = frozenset({"command", "logdir", "outdir", "live", "taylor_seq"})
               help="With a memory scheduler: keep each task's processes to the memory it declares (or "
                    "--memory-per-task), with the job's cgroup where it is delegated, else an address-space "
                    "limit; a task that exceeds it fails alone, saying so.")
-@click.option("--bind", is_flag=True, help="Pin each task to its own CPU.")
+@click.option("--bind", is_flag=True, help="Pin each task to its own CPU (with --cluster: one of its host's CPUs).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Terminate (and fail) a task that runs longer than SECONDS.")
 @click.option("--retries", type=click.IntRange(min=0), default=0, metavar="N",
@@ -309,6 +309,9 @@ def run(command_line: Sequence[str], worker_spec: Optional[str], template: Optio
     if cluster and reuse:
         _fail("--reuse reuses processes of this host; with --cluster, use --cluster-mode in-worker for tasks "
               "of a millisecond")
+    if cluster and bind and cluster_mode == "in-worker":
+        _fail("--bind with --cluster pins each task process to a CPU of its host: it needs --cluster-mode isolated "
+              "(the default); in-worker mode runs tasks in the Dask worker's threads, which it must not pin")
     words, groups = split_command_line(command_line)
     positional = bool(words)
     if positional:

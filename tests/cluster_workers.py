@@ -48,3 +48,18 @@ def collect(launcher: Any, count: int, within: float = 30.0) -> List[Any]:
         select.select([launcher.fileno()], [], [], left)
         ended += launcher.ended()
     return ended
+
+
+class Pinned(Worker):
+    """Reports the CPUs it may use, its host and when it ran (for the binding tests)."""
+
+    _footprint = dict(attr=dict(
+        pinned=dict(type=bool, values=[True]),
+        seconds=dict(type=float, optional=True, default=0.0),
+    ))
+
+    def _task(self):
+        start = time.time()
+        time.sleep(self.seconds)
+        return dict(cpus=sorted(os.sched_getaffinity(0)), host=socket.gethostname(), pid=os.getpid(),
+                    start=start, end=time.time())

@@ -31,7 +31,7 @@ from taylor import Boss, batch_main, run_as_server  # noqa: E402
 from taylor.cluster.connect import ClusterError  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
 from taylor.errors import CapacityError, WorkerDiedError, WorkerTimeoutError  # noqa: E402
-from taylor.schedulers import MaxMemoryScheduler, MaxThreadsScheduler  # noqa: E402
+from taylor.schedulers import MaxMemoryScheduler  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +242,8 @@ def test_cluster_mode_in_worker_runs_in_the_dask_worker(cluster):
         Boss(cluster=cluster.address, cluster_mode="threads")
     with pytest.raises(ValueError, match="cluster_mode='in-worker'"):
         Boss(cluster=cluster.address, reuse=True)
-    with pytest.raises(ValueError, match="binded=True, which acts on this host's CPUs"):
-        Boss(cluster=cluster.address, scheduler=MaxThreadsScheduler(max_threads=2, binded=True))
+    with pytest.raises(ValueError, match="enforce=True, which acts on this host's CPUs"):
+        Boss(cluster=cluster.address, scheduler=MaxMemoryScheduler(enforce=True))
 
 
 # ------------------------------------------------------------------ the command line

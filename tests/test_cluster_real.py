@@ -265,7 +265,7 @@ def test_the_forker_serves_only_its_own_user(cluster):
         sock.settimeout(10)
         sock.connect("\\0" + {argument[1:]!r})
         try:
-            sock.sendall(REQUEST.pack(0, 0, 0))
+            sock.sendall(REQUEST.pack(0, 0, 0, -1))
             print(repr(sock.recv(100)))
         except OSError as exc:
             print(type(exc).__name__)

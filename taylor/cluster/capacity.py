@@ -23,7 +23,7 @@ a cluster.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from ..schedulers.host import MIB
 
@@ -35,7 +35,8 @@ _INF = float("inf")
 class DaskWorker:
     """One Dask worker as taylor sees it: its capacity and the taylor tasks placed on it."""
 
-    __slots__ = ("address", "host", "name", "nthreads", "memory_mib", "memory_source", "assigned", "assigned_mib")
+    __slots__ = ("address", "host", "name", "nthreads", "memory_mib", "memory_source", "assigned", "assigned_mib",
+                 "cpus", "host_key")
 
     def __init__(self, address: str, host: str, name: str, nthreads: int, memory_mib: float,
                  memory_source: str) -> None:
@@ -47,6 +48,8 @@ class DaskWorker:
         self.memory_source = memory_source
         self.assigned = 0  # taylor tasks placed here and not ended
         self.assigned_mib = 0.0  # the memory they declared
+        self.cpus: Optional[List[int]] = None  # binding: the CPUs its forker may use, socket-packed (None: unknown)
+        self.host_key: Optional[str] = None  # binding: equal for the Dask workers of one host
 
     @property
     def free_mib(self) -> float:
@@ -74,12 +77,16 @@ class DaskWorker:
 class ClusterCapacity:
     """The cluster's workers as last seen, with the taylor tasks placed on each."""
 
-    def __init__(self, scheduler: str = "", ahead: int = 16) -> None:
+    def __init__(self, scheduler: str = "", ahead: int = 16, bind: bool = False) -> None:
         if ahead < 1:
             raise ValueError(f"ahead must be 1 or more tasks per thread, got {ahead}")
         self.scheduler = scheduler
         self.ahead = ahead
         self.workers: Dict[str, DaskWorker] = {}
+        # Binding: each task gets a CPU of its host that no running task of this run has; the CPUs are
+        # per host (not per Dask worker: several may share a host), taken at placement, freed at its end.
+        self.bind = bind
+        self.busy_cpus: Dict[str, Set[int]] = {}  # host key -> CPUs of the tasks placed there and not ended
         self.version = 0  # bumped at each change of the worker set
 
     # ------------------------------------------------------------ the workers
@@ -98,6 +105,7 @@ class ClusterCapacity:
             known = self.workers.get(address)
             if known is not None:
                 fresh.assigned, fresh.assigned_mib = known.assigned, known.assigned_mib
+                fresh.cpus, fresh.host_key = known.cpus, known.host_key
             self.workers[address] = fresh
         if joined or left:
             self.version += 1
@@ -167,6 +175,8 @@ class ClusterCapacity:
         for worker in self.workers.values():
             if worker.free_mib < memory or worker.assigned >= ahead * worker.nthreads:
                 continue
+            if self.bind and self.free_cpu(worker) is None:
+                continue
             key = (worker.assigned / worker.nthreads, -worker.free_mib, worker.address)
             if best_key is None or key < best_key:
                 best, best_key = worker, key
@@ -187,6 +197,37 @@ class ClusterCapacity:
     def assign(self, worker: DaskWorker, memory: float) -> None:
         worker.assigned += 1
         worker.assigned_mib += memory
+
+    def set_cpus(self, address: str, host_key: str, cpus: List[int]) -> None:
+        """Binding: the CPUs Dask worker ``address``'s forker may use, on the host ``host_key``."""
+        worker = self.workers.get(address)
+        if worker is not None:
+            worker.host_key, worker.cpus = host_key, list(cpus)
+
+    def unknown_cpus(self) -> List[str]:
+        """Binding: the workers whose CPUs are not known yet (none takes a task until they are)."""
+        return [a for a, w in self.workers.items() if w.cpus is None] if self.bind else []
+
+    def free_cpu(self, worker: DaskWorker) -> Optional[int]:
+        """Binding: the first CPU of ``worker`` (socket-packed order) no task placed on its host holds."""
+        if worker.cpus is None or worker.host_key is None:
+            return None
+        busy = self.busy_cpus.get(worker.host_key, ())
+        for cpu in worker.cpus:
+            if cpu not in busy:
+                return cpu
+        return None
+
+    def take_cpu(self, worker: DaskWorker) -> Optional[int]:
+        """Binding: hold a free CPU of ``worker``'s host for a task placed there; that CPU."""
+        cpu = self.free_cpu(worker)
+        if cpu is not None:
+            self.busy_cpus.setdefault(worker.host_key or "", set()).add(cpu)
+        return cpu
+
+    def free(self, host_key: str, cpu: int) -> None:
+        """Binding: a task's process on ``host_key`` ended: its ``cpu`` is free again."""
+        self.busy_cpus.get(host_key, set()).discard(cpu)
 
     def release(self, address: str, memory: float) -> None:
         """A task placed on ``address`` ended: its memory is free again (nothing if the worker left)."""

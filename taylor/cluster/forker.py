@@ -15,10 +15,10 @@ the forker's user (``SO_PEERCRED``), elsewhere one in a directory only that
 user may enter.  A Dask worker thread that
 runs a task connects, sends one request and keeps the connection open:
 
-* request: ``_REQUEST`` header (class bytes length, attributes bytes length,
-  report size limit), the pickled class (:func:`~taylor.cluster.pickling.dumps_class`)
-  and attributes; the write end of the task's report pipe rides along with its
-  first byte (``SCM_RIGHTS``);
+* request: ``REQUEST`` header (class bytes length, attributes bytes length,
+  report size limit, CPU to pin the task process to or -1), the pickled class
+  (:func:`~taylor.cluster.pickling.dumps_class`) and attributes; the write end
+  of the task's report pipe rides along with its first byte (``SCM_RIGHTS``);
 * answers, ``_NEWS`` records: ``STARTED pid``, then ``EXITED wait-status`` once
   the forker reaped it; or ``REFUSED n`` followed by n bytes of UTF-8 saying
   why no process was started (the class could not be loaded, fork failed).
@@ -52,7 +52,7 @@ NAME, TASK = b"taylor-forker", b"taylor-task"
 UNLOADABLE = ("its Worker class could not be loaded on this host: install the module that defines it in every Dask "
               "worker's environment, or define the class in the script that runs the batch, which sends it by value")
 
-REQUEST = struct.Struct("<QQQ")
+REQUEST = struct.Struct("<QQQq")
 NEWS = struct.Struct("<cq")
 STARTED, EXITED, REFUSED = b"S", b"E", b"R"
 
@@ -95,7 +95,7 @@ class _Request:
     def complete(self) -> bool:
         if len(self.data) < REQUEST.size:
             return False
-        class_size, attributes_size, _ = REQUEST.unpack_from(self.data)
+        class_size, attributes_size, _, _ = REQUEST.unpack_from(self.data)
         return len(self.data) >= REQUEST.size + class_size + attributes_size
 
     def send(self, kind: bytes, value: int, extra: bytes = b"") -> None:
@@ -162,7 +162,7 @@ def serve(path: str, parent: int, ready_fd: int) -> NoReturn:
         request.close()
 
     def start(request: _Request) -> None:
-        class_size, attributes_size, limit = REQUEST.unpack_from(request.data)
+        class_size, attributes_size, limit, cpu = REQUEST.unpack_from(request.data)
         view = memoryview(request.data)[REQUEST.size:]
         try:
             if request.report_fd is None:
@@ -170,11 +170,20 @@ def serve(path: str, parent: int, ready_fd: int) -> NoReturn:
             cls = loads_class(bytes(view[:class_size]))
             attributes = pickle.loads(view[class_size:class_size + attributes_size])
             prepare_class(cls)
+            # Binding: the forker pins itself for the fork only, so that the task process is born on its
+            # CPU (before its first instruction) and nothing of the task's side needs to know.
+            allowed = os.sched_getaffinity(0) if cpu >= 0 else None
+            if allowed is not None:
+                if cpu not in allowed:
+                    raise ValueError(f"CPU {cpu} is not one this host's forker may use ({sorted(allowed)})")
+                os.sched_setaffinity(0, {cpu})
             set_process_name(TASK)  # for the task process to be born with its name
             try:
                 pid = fork_worker(cls, attributes, request.report_fd, own_fds(request), handlers, limit)
             finally:
                 set_process_name(NAME)
+                if allowed is not None:
+                    os.sched_setaffinity(0, allowed)
         except BaseException as exc:  # noqa: BLE001 - the task is refused and told why
             view.release()
             why = f"{type(exc).__name__}: {exc}"

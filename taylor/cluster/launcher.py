@@ -52,6 +52,11 @@ log = logging.getLogger("taylor.cluster")
 #: Modes: a fresh process per task (default), or the Dask worker's own thread.
 ISOLATED, IN_WORKER = "isolated", "in-worker"
 
+#: Why in-worker mode does not bind.
+IN_WORKER_BINDING = ("CPU binding needs cluster_mode='isolated': in-worker mode runs each task in a thread of the "
+                     "Dask worker, and pinning it would pin that thread of the Dask worker for its next tasks too; "
+                     "run without binding, or in isolated mode (the default)")
+
 #: Default report size limit, as the local boss's.
 MAX_REPORT_BYTES = 64 << 20
 
@@ -65,7 +70,7 @@ class RemoteTask:
     """
 
     __slots__ = ("name", "key", "memory", "timeout", "class_bytes", "attribute_bytes", "worker", "host",
-                 "future", "state", "cancelled", "submit_time", "released")
+                 "future", "state", "cancelled", "submit_time", "released", "cpu", "host_key")
 
     def __init__(self, name: str, key: str, memory: float, timeout: Optional[float], class_bytes: bytes,
                  attribute_bytes: bytes) -> None:
@@ -82,6 +87,8 @@ class RemoteTask:
         self.cancelled = False
         self.submit_time = 0.0
         self.released = False  # its place on its worker is free again
+        self.cpu: Optional[int] = None  # binding: the CPU of its host it is pinned to, held until its end
+        self.host_key: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"<RemoteTask {self.name} {self.state} on {self.worker}>"
@@ -144,13 +151,19 @@ class DaskLauncher:
     * ``stop_grace``: seconds between SIGTERM and SIGKILL of a timed-out task.
     * ``ahead``: tasks per thread a Dask worker is given at a time (see
       :mod:`taylor.cluster.capacity`); the others wait in the launcher.
+    * ``bind`` (isolated mode only): pin each task process to one CPU of its
+      host, none shared by two running tasks of this run on that host (see
+      :meth:`~taylor.cluster.capacity.ClusterCapacity.take_cpu`); a task waits
+      in the launcher until its host has a CPU free.
     """
 
     def __init__(self, cluster: Any, *, security: Any = None, connect_timeout: float = CONNECT_TIMEOUT,
                  mode: str = ISOLATED, max_report_bytes: int = MAX_REPORT_BYTES, stop_grace: float = 2.0,
-                 ahead: int = 16) -> None:
+                 ahead: int = 16, bind: bool = False) -> None:
         if mode not in (ISOLATED, IN_WORKER):
             raise ValueError(f"mode must be {ISOLATED!r} or {IN_WORKER!r}, got {mode!r}")
+        if bind and mode != ISOLATED:
+            raise ValueError(IN_WORKER_BINDING)
         self.cluster = cluster
         self.security = security
         self.connect_timeout = connect_timeout
@@ -159,7 +172,7 @@ class DaskLauncher:
         self.stop_grace = stop_grace
         self.client: Any = None
         self.address = ""
-        self.capacity = ClusterCapacity(ahead=ahead)
+        self.capacity = ClusterCapacity(ahead=ahead, bind=bind)
         self.failure: Optional[ClusterError] = None  # set when the scheduler is lost
         self._owned = False
         self._lock = threading.Lock()
@@ -198,10 +211,25 @@ class DaskLauncher:
             identity = _identity(self.client)
             with self._lock:
                 self.capacity.update(identity)
+            if self.capacity.bind:
+                self._learn_cpus(self.client.run(remote.host_cpus, on_error="ignore"))
+                silent = self.capacity.unknown_cpus()
+                if silent and len(silent) == len(self.capacity.workers):  # binding would wait for ever
+                    raise ClusterError(
+                        f"CPU binding needs each Dask worker to say which CPUs its host gives taylor, and none of "
+                        f"the {len(silent)} workers did ({', '.join(sorted(silent)[:3])}...): check their logs, "
+                        "or run without binding")
         except BaseException:
             self.close()
             raise
         return self._wake_r
+
+    def _learn_cpus(self, answers: Optional[Mapping[str, Any]]) -> None:
+        """Binding: take what :func:`~taylor.cluster.remote.host_cpus` said on each Dask worker."""
+        with self._lock:
+            for address, info in (answers or {}).items():
+                if isinstance(info, dict) and info.get("cpus"):
+                    self.capacity.set_cpus(address, info["host"], info["cpus"])
 
     def fileno(self) -> int:
         return self._wake_r
@@ -288,6 +316,8 @@ class DaskLauncher:
                     still.append(task)
                     continue
                 self.capacity.assign(worker, task.memory)
+                if self.capacity.bind:
+                    task.cpu, task.host_key = self.capacity.take_cpu(worker), worker.host_key
                 task.worker, task.host, task.state = worker.address, worker.host, "submitted"
                 placed.append(task)
             still.extend(self._waiting)
@@ -308,7 +338,8 @@ class DaskLauncher:
             futures = self.client.map(
                 self._function, [t.key for t in group], [t.class_bytes for t in group],
                 [t.attribute_bytes for t in group], [t.timeout for t in group], [self.stop_grace] * len(group),
-                [self.max_report_bytes] * len(group), key=[t.key for t in group], workers=[address],
+                [self.max_report_bytes] * len(group), [-1 if t.cpu is None else t.cpu for t in group],
+                key=[t.key for t in group], workers=[address],
                 allow_other_workers=False, pure=False, retries=0)
             for task, future in zip(group, futures):
                 task.future = future
@@ -367,6 +398,8 @@ class DaskLauncher:
         if not task.released and task.worker is not None:
             task.released = True
             self.capacity.release(task.worker, task.memory)
+            if task.cpu is not None:
+                self.capacity.free(task.host_key or "", task.cpu)
 
     def _on_done(self, future: Any) -> None:
         """A future finished (Dask's callback thread): its place on its worker is free now, which
@@ -504,6 +537,13 @@ class DaskLauncher:
             joined, left = self.capacity.update(identity)
             if joined or left:
                 self._capacity_changed = True
+        unknown = self.capacity.unknown_cpus()
+        if unknown:  # binding: a worker that joined takes tasks once its host's CPUs are known
+            with contextlib.suppress(Exception):
+                from .remote import host_cpus
+
+                self._learn_cpus(await self.client._run(host_cpus, workers=unknown, on_error="ignore"))
+            self._wake()
         if joined or left:
             self._wake()
 
@@ -597,7 +637,9 @@ class DaskLauncher:
 def _from_result(task: RemoteTask, result: Mapping[str, Any]) -> Ended:
     """An :class:`Ended` from what the task function returned on its Dask worker."""
     address, host = result["where"]
-    where = {"worker": address or task.worker, "host": host}
+    where: Dict[str, Any] = {"worker": address or task.worker, "host": host}
+    if task.cpu is not None:
+        where["cpu"] = task.cpu  # binding: the CPU of that host it was pinned to
     outcome = None
     data = result.get("report") or b""
     if data:

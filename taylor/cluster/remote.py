@@ -44,7 +44,8 @@ from ..worker import _outcome, _unsendable, prepare_class
 from .forker import EXITED, NEWS, REFUSED, REQUEST, STARTED, UNLOADABLE
 from .pickling import loads_class
 
-__all__ = ["ForkerPlugin", "Forker", "run_isolated", "run_in_worker", "signal_tasks", "PLUGIN_NAME", "Result"]
+__all__ = ["ForkerPlugin", "Forker", "run_isolated", "run_in_worker", "signal_tasks", "host_cpus", "PLUGIN_NAME",
+           "Result"]
 
 PLUGIN_NAME = "taylor-forker"
 
@@ -192,8 +193,11 @@ def _result(where: Tuple[str, str], start: float, **fields: Any) -> Result:
 
 
 def run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: Optional[float], grace: float,
-                 max_report_bytes: int) -> Result:
+                 max_report_bytes: int, cpu: int = -1) -> Result:
     """Run one task in a fresh process forked by this host's forker; wait for its end.
+
+    ``cpu`` (not -1): the CPU of this host the task process is pinned to from
+    its birth (the launcher's choice, see :func:`host_cpus`).
 
     ``timeout`` (seconds from the process's start) ends it with SIGTERM to its
     process group and descendants, then SIGKILL ``grace`` seconds later.  Its
@@ -206,7 +210,7 @@ def run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: 
     try:
         if cancelled:  # between Dask's "executing" and this call: nothing to start
             return _result(where, start, refused="cancelled before its process was started")
-        return _run_isolated(key, class_bytes, attribute_bytes, timeout, grace, max_report_bytes, start, where)
+        return _run_isolated(key, class_bytes, attribute_bytes, timeout, grace, max_report_bytes, start, where, cpu)
     finally:
         with _lock:
             _running.pop(key, None)
@@ -214,7 +218,7 @@ def run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: 
 
 
 def _run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: Optional[float], grace: float,
-                  max_report_bytes: int, start: float, where: Tuple[str, str]) -> Result:
+                  max_report_bytes: int, start: float, where: Tuple[str, str], cpu: int = -1) -> Result:
     forker = _forker
     if forker is None:
         return _result(where, start, refused=(
@@ -225,7 +229,7 @@ def _run_isolated(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout:
     try:
         try:
             sock.connect(forker.path)
-            request = REQUEST.pack(len(class_bytes), len(attribute_bytes), max_report_bytes) + class_bytes + \
+            request = REQUEST.pack(len(class_bytes), len(attribute_bytes), max_report_bytes, cpu) + class_bytes + \
                 attribute_bytes
             sent = sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                              array.array("i", [write_fd]).tobytes())])
@@ -340,8 +344,9 @@ def _whole(report: bytearray) -> bool:
 
 
 def run_in_worker(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout: Optional[float], grace: float,
-                  max_report_bytes: int) -> Result:
-    """Run one task in this Dask worker's thread (see the module's docstring for what it gives up)."""
+                  max_report_bytes: int, cpu: int = -1) -> Result:
+    """Run one task in this Dask worker's thread (see the module's docstring for what it gives up).
+    ``cpu`` is never set: in-worker mode cannot bind (it would pin the Dask worker's thread)."""
     start = time.time()
     where = _where()
     try:
@@ -358,6 +363,32 @@ def run_in_worker(key: str, class_bytes: bytes, attribute_bytes: bytes, timeout:
     except Exception as exc:  # noqa: BLE001 - too large, or pickling failed in one of many ways
         data = wire.encode(_unsendable(exc))
     return _result(where, start, report=data, status=0)
+
+
+def host_cpus(dask_worker: Any = None) -> Dict[str, Any]:
+    """What binding needs to know of this Dask worker's host (for ``Client.run``).
+
+    ``host``: a key equal for every Dask worker of one host (the running
+    kernel's boot id, which containers of one machine share, else the host
+    name); ``name``: the host name; ``cpus``: the CPUs this worker's forker may
+    use (its affinity, which its task processes inherit), socket-packed by
+    the host's own topology (see :func:`taylor.schedulers.binding.socket_packed_cpus`).
+    """
+    from ..schedulers.binding import socket_packed_cpus
+
+    name = socket.gethostname()
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            host = "boot:" + f.read().strip()
+    except OSError:
+        host = name
+    forker = _forker
+    pid = forker.pid if forker is not None and forker.process.poll() is None else 0
+    try:
+        allowed = os.sched_getaffinity(pid)
+    except (AttributeError, OSError):  # no affinity here (not Linux): every CPU, numbered as os.cpu_count
+        allowed = set(range(os.cpu_count() or 1))
+    return {"host": host, "name": name, "cpus": socket_packed_cpus(allowed)}
 
 
 def signal_tasks(keys: List[str], signum: int, dask_worker: Any = None) -> List[str]:

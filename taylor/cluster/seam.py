@@ -9,6 +9,11 @@ process (a Client cannot cross the boss's fork: see
   :class:`~taylor.cluster.connect.ClusterError`), watches the launcher's one
   descriptor, and fits the run's scheduler to the cluster's capacity
   (:meth:`Host.capacity`), again whenever workers join or leave;
+* with a binding scheduler (``binded=True``), the scheduler still decides what
+  may start, but its tickets number this host's CPUs: its pinning hook is not
+  sent; the launcher gives each task a CPU of the host it places it on
+  (per host, over the CPUs its forker may use) and the forker pins the task
+  process to it from its birth;
 * ``start`` submits (no report channel, no local pid: ``Host.started(worker,
   None)``, so the caller never kills a remote pid); the timeout is enforced on
   the task's host, so the engine sets none of its own (``own_timeouts``);
@@ -28,6 +33,7 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import TaylorError
 from ..launcher import Host, Launcher
+from ..schedulers.binding import BindToTicket
 from .connect import portable
 
 __all__ = ["ClusterSpec", "ClusterLauncher"]
@@ -44,13 +50,19 @@ class ClusterSpec:
     ``cluster``: scheduler address, scheduler file, or ``distributed.Client``
     (kept as its address, and its security when it speaks TLS); ``security``:
     a ``distributed.security.Security`` or None; ``mode``: ``"isolated"`` (a
-    fresh process per task on its host) or ``"in-worker"``.
+    fresh process per task on its host) or ``"in-worker"``; ``bind``: pin each
+    task process to a CPU of its host (the run's scheduler is a binding one).
     """
 
     def __init__(self, cluster: Any, security: Any = None, mode: str = "isolated",
-                 connect_timeout: Optional[float] = None) -> None:
+                 connect_timeout: Optional[float] = None, bind: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"cluster_mode must be 'isolated' or 'in-worker', got {mode!r}")
+        if bind and mode != "isolated":
+            from .launcher import IN_WORKER_BINDING
+
+            raise ValueError(IN_WORKER_BINDING)
+        self.bind = bind
         cluster = portable(cluster)
         if isinstance(cluster, tuple):  # a TLS Client: its own security, unless one was given
             cluster, own = cluster
@@ -63,7 +75,8 @@ class ClusterSpec:
         self.connect_timeout = float(default if connect_timeout is None else connect_timeout)
 
     def __repr__(self) -> str:
-        return f"ClusterSpec({self.cluster!r}, mode={self.mode!r}{', TLS' if self.security is not None else ''})"
+        return (f"ClusterSpec({self.cluster!r}, mode={self.mode!r}{', TLS' if self.security is not None else ''}"
+                f"{', bind' if self.bind else ''})")
 
 
 class ClusterLauncher(Launcher):
@@ -78,7 +91,7 @@ class ClusterLauncher(Launcher):
         self.default_timeout = options.timeout
         self.dask = DaskLauncher(spec.cluster, security=spec.security, connect_timeout=spec.connect_timeout,
                                  mode=spec.mode, max_report_bytes=options.max_report_bytes,
-                                 stop_grace=options.stop_grace)
+                                 stop_grace=options.stop_grace, bind=spec.bind)
         self.running: Dict[Any, Any] = {}  # RemoteTask -> RunningWorker, started and not ended
         self.fd: Optional[int] = None
         self.failed = False
@@ -93,7 +106,11 @@ class ClusterLauncher(Launcher):
     def start(self, worker: Any) -> Optional[int]:
         instructions = worker.instructions
         timeout = instructions.timeout if instructions.timeout is not None else self.default_timeout
-        task = self.dask.start(worker.name, instructions.worker_class, instructions.attributes({}),
+        attributes = instructions.attributes({})
+        hooks = attributes.get("scheduler_hooks")
+        if hooks:  # the scheduler's binding means this host's CPUs: on the cluster, the launcher binds instead
+            attributes["scheduler_hooks"] = [h for h in hooks if not isinstance(h, BindToTicket)]
+        task = self.dask.start(worker.name, instructions.worker_class, attributes,
                                memory=worker.memory or 0.0, timeout=timeout)
         worker.remote = task
         self.running[task] = worker
