@@ -83,8 +83,10 @@ def wait_for_file(path, limit=20.0):
 
 
 def hold_until(started, release):
-    """Say it started, then wait (bounded) for the test to release it."""
-    Path(started).write_text(str(os.getpid()))
+    """Say it started (its pid, written whole before the file appears), then wait (bounded) for the test
+    to release it."""
+    Path(f"{started}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{started}.tmp", started)
     wait_for_file(release)
     return "released"
 
