@@ -46,6 +46,7 @@ def __getattr__(name: str):
         return Executor
     raise AttributeError(f"module 'taylor' has no attribute {name!r}")
 
+
 __all__ = [
     "Boss", "Worker", "Executor", "Report", "run_as_server", "batch_main", "to_jsonable",
     "TaylorError", "InstructionsError", "NoWorkerFitError", "CapacityError", "BossDiedError",
