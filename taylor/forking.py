@@ -17,7 +17,7 @@ import gc
 import os
 import signal
 import sys
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from .worker import run_child
 
@@ -126,6 +126,19 @@ def process_name() -> Optional[bytes]:
             return comm.read().rstrip(b"\n")
     except OSError:
         return None
+
+
+def ended_children() -> Iterator[Tuple[int, int]]:
+    """Reap this process's ended children, without waiting: (pid, exit code) of each, the exit code
+    as :mod:`multiprocessing` gives it (minus the signal number for a killed one)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, os.waitstatus_to_exitcode(status)
 
 
 def worker_handlers(sigpipe: Any) -> Handlers:

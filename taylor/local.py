@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import describe_exit
-from .forking import _signal, fork_worker, worker_handlers
+from .forking import _signal, ended_children, fork_worker, worker_handlers
 from .launcher import NOT_NOW, Host, Launcher
 from .spawner import EXITED, STARTED, News, Spawner
 from .worker import DirectSpec, direct_capable, direct_outcome, instantiate, prepare_class
@@ -240,22 +240,16 @@ class LocalProcesses(Launcher):
     # ------------------------------------------------------------- ending
     def reap(self) -> None:
         """Reap the boss's ended children: its own workers, and the spawner should it die."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, exitcode in ended_children():
             if self.spawner is not None and pid == self.spawner.pid:
                 self.spawner.pid = None  # nothing left to reap
                 log.error("the spawner process (pid %d) died (%s); the boss forks workers itself from now on",
-                          pid, describe_exit(os.waitstatus_to_exitcode(status)))
+                          pid, describe_exit(exitcode))
                 self._spawner_news()
                 continue
             worker = self.by_pid.pop(pid, None)
             if worker is not None:
-                self.host.ended(worker, os.waitstatus_to_exitcode(status))
+                self.host.ended(worker, exitcode)
 
     def ended(self, worker: Any, exitcode: Optional[int]) -> Optional[int]:
         """Kill the strays left in ``worker``'s process group; make a direct task's outcome."""

@@ -38,10 +38,10 @@ import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional
 
 from . import wire
-from .forking import _signal, set_parent_death_signal, worker_handlers
+from .forking import _signal, ended_children, set_parent_death_signal, worker_handlers
 from .launcher import Host, Launcher
 from .local import LocalProcesses
-from .worker import OK, _flush_output, _outcome, _unsendable, prepare_class
+from .worker import OK, _flush_output, _outcome, _unsendable, exit_on_error, prepare_class
 
 __all__ = ["ReuseProcesses", "INLINE_BYTES"]
 
@@ -209,16 +209,10 @@ class ReuseProcesses(Launcher):
     # ------------------------------------------------------------- ending
     def reap(self) -> None:
         """Reap the boss's ended children; a process that ended running a task fails that task alone."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, exitcode in ended_children():
             proc = self.by_pid.get(pid)
             if proc is not None:
-                self._ended(proc, os.waitstatus_to_exitcode(status))
+                self._ended(proc, exitcode)
 
     def _ended(self, proc: _Process, exitcode: int) -> None:
         del self.by_pid[proc.pid]
@@ -327,12 +321,7 @@ def _child(fd: int, close_fds: Iterable[int], parent: int, handlers: Any, shared
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {int(signal.SIGTERM), int(signal.SIGINT)})
         _serve(fd, shared, max_report_bytes)
     except BaseException:  # noqa: BLE001 - never fall back into the boss's loop
-        try:
-            traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
-        _flush_output()
-        os._exit(70)
+        exit_on_error()
     os._exit(0)
 
 

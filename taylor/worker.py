@@ -288,13 +288,19 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
             wire.write_all(fd, memoryview(data)[written:])
         os.close(fd)
     except BaseException:  # noqa: BLE001 - last resort: say so on stderr, exit non-zero
-        try:
-            traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
-        _flush_output()
-        os._exit(70)
+        exit_on_error()
     os._exit(0)
+
+
+def exit_on_error() -> NoReturn:
+    """Last resort of a worker process whose own machinery failed (the exception being handled):
+    say so on stderr and exit 70, never returning into the code it was forked from."""
+    try:
+        traceback.print_exc()
+    except BaseException:  # noqa: BLE001
+        pass
+    _flush_output()
+    os._exit(70)
 
 
 def _redirect_output(attributes: Mapping[str, Any]) -> None:
