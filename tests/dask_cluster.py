@@ -8,6 +8,7 @@ travel by reference.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import psutil
 
@@ -143,3 +144,22 @@ def forkers(cluster: RealCluster) -> List[int]:
         except psutil.Error:
             pass
     return found
+
+
+@contextlib.contextmanager
+def running_cluster(directory: str, memory_limits: List[str], forkers_first: bool = True,
+                    **options) -> Iterator[RealCluster]:
+    """A :class:`RealCluster` for the block, stopped at its end.  ``forkers_first``: taylor's forkers are
+    installed (and their pids kept in ``.forkers``) before any test counts processes."""
+    real = RealCluster(directory, memory_limits, **options)
+    try:
+        if forkers_first:
+            from taylor.cluster.launcher import DaskLauncher
+
+            with DaskLauncher(real.address):
+                pass
+            real.forkers = forkers(real)
+            assert len(real.forkers) == len(real.workers), real.log("worker0")
+        yield real
+    finally:
+        real.stop()

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("distributed")
 
 import cluster_workers  # noqa: E402, F401 - registers Pinned
-from dask_cluster import TESTS, RealCluster, forkers  # noqa: E402
+from dask_cluster import TESTS, running_cluster  # noqa: E402
 
 from taylor import Boss, batch_main  # noqa: E402
 from taylor.cluster.connect import ClusterError  # noqa: E402
@@ -28,15 +28,8 @@ HOST_CPUS = sorted(os.sched_getaffinity(0))  # the Dask workers here inherit the
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    real = RealCluster(str(tmp_path_factory.mktemp("dask")), ["1GiB", "1GiB"])  # 2 workers x 2 threads
-    try:
-        with DaskLauncher(real.address):
-            pass
-        real.forkers = forkers(real)
-        assert len(real.forkers) == 2, real.log("worker0")
+    with running_cluster(str(tmp_path_factory.mktemp("dask")), ["1GiB", "1GiB"]) as real:  # 2 x 2 threads
         yield real
-    finally:
-        real.stop()
 
 
 def _entries(report):

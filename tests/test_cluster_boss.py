@@ -24,7 +24,7 @@ pytest.importorskip("distributed")
 
 import cluster_workers  # noqa: E402, F401 - registers Where
 import workers  # noqa: E402, F401 - registers Noop, Faulty
-from dask_cluster import TESTS, RealCluster, forkers, task_processes  # noqa: E402
+from dask_cluster import TESTS, running_cluster, task_processes  # noqa: E402
 
 import taylor  # noqa: E402
 from taylor import Boss, batch_main, run_as_server  # noqa: E402
@@ -36,27 +36,14 @@ from taylor.schedulers import MaxMemoryScheduler  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    real = RealCluster(str(tmp_path_factory.mktemp("dask")), ["1GiB", "3GiB"])
-    try:
-        with DaskLauncher(real.address):  # installs the forkers before any test counts processes
-            pass
-        real.forkers = forkers(real)
-        assert len(real.forkers) == 2, real.log("worker0")
+    with running_cluster(str(tmp_path_factory.mktemp("dask")), ["1GiB", "3GiB"]) as real:
         yield real
-    finally:
-        real.stop()
 
 
 @pytest.fixture
 def own_cluster(tmp_path):
-    real = RealCluster(str(tmp_path), ["1GiB", "1GiB"], nthreads=1)
-    try:
-        with DaskLauncher(real.address):
-            pass
-        real.forkers = forkers(real)
+    with running_cluster(str(tmp_path), ["1GiB", "1GiB"], nthreads=1) as real:
         yield real
-    finally:
-        real.stop()
 
 
 def left_after(cluster, seconds, pids=None):

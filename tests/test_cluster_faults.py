@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("distributed")
 
 from cluster_workers import Where, collect, start  # noqa: E402, F401
-from dask_cluster import RealCluster, forkers, task_processes  # noqa: E402
+from dask_cluster import forkers, running_cluster, task_processes  # noqa: E402
 from processes import gone  # noqa: E402
 
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
@@ -21,11 +21,8 @@ from taylor.worker import OK  # noqa: E402
 
 @pytest.fixture
 def cluster(tmp_path):
-    real = RealCluster(str(tmp_path), ["1GiB", "1GiB"], nthreads=1)
-    try:
+    with running_cluster(str(tmp_path), ["1GiB", "1GiB"], forkers_first=False, nthreads=1) as real:
         yield real
-    finally:
-        real.stop()
 
 
 def _tasks_running(real, count, within=20.0):

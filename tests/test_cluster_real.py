@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("distributed")
 
 from cluster_workers import collect, start  # noqa: E402
-from dask_cluster import RealCluster, forkers, task_processes  # noqa: E402
+from dask_cluster import running_cluster, task_processes  # noqa: E402
 from processes import gone  # noqa: E402
 from workers import Faulty  # noqa: E402, F401 - registers the class
 
@@ -31,15 +31,8 @@ from taylor.worker import OK, RAISED  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    real = RealCluster(str(tmp_path_factory.mktemp("dask")), ["1GiB", "3GiB"])
-    try:
-        with DaskLauncher(real.address):  # installs the forkers before any test counts processes
-            pass
-        real.forkers = forkers(real)
-        assert len(real.forkers) == 2, real.log("worker0")
+    with running_cluster(str(tmp_path_factory.mktemp("dask")), ["1GiB", "3GiB"]) as real:
         yield real
-    finally:
-        real.stop()
 
 
 @pytest.fixture

@@ -424,7 +424,7 @@ import taylor
 def sleeper(seconds):
     time.sleep(seconds)
 
-ex = taylor.Executor(max_workers=2)
+ex = taylor.Executor(max_workers=2, reuse=sys.argv[1] == "reuse")
 futures = [ex.submit(sleeper, 60) for _ in range(3)]
 print("submitted", flush=True)
 for f in futures:
@@ -433,21 +433,23 @@ for f in futures:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_a_signalled_caller_leaves_no_process_behind(tmp_path, signum):
+@pytest.mark.parametrize("mode, processes", [("fresh", 4), ("reuse", 3)])
+def test_a_signalled_caller_leaves_no_process_behind(tmp_path, signum, mode, processes):
+    """Fresh: the boss, its spawner and two running calls; reuse: the boss and its two processes."""
     script = tmp_path / "caller.py"
     script.write_text(CALLER)
-    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+    caller = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
         assert caller.stdout.readline().strip() == "submitted"
         deadline = time.monotonic() + 20
         procs = []
-        while time.monotonic() < deadline:  # the boss, its spawner and two running calls
+        while time.monotonic() < deadline:
             procs = psutil.Process(caller.pid).children(recursive=True)
-            if len(procs) >= 4:
+            if len(procs) >= processes:
                 break
             time.sleep(0.05)
-        assert len(procs) >= 4, procs
+        assert len(procs) >= processes, procs
         pids = [p.pid for p in procs]
         caller.send_signal(signum)
         assert caller.wait(timeout=20) == -signum

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import workers  # noqa: F401 - registers the test workers
-from processes import gone, kill
+from processes import gone
 
 import taylor
 from taylor import Boss, Worker
@@ -249,50 +249,6 @@ def test_sigterm_to_the_boss_leaves_no_process():
     finally:
         boss.close()
     assert gone([p.pid for p in procs], within=5.0) == []
-
-
-CALLER = """
-import time
-import taylor
-
-def sleeper(seconds):
-    time.sleep(seconds)
-
-ex = taylor.Executor(max_workers=2, reuse=True)
-futures = [ex.submit(sleeper, 60) for _ in range(3)]
-print("submitted", flush=True)
-for f in futures:
-    f.result()
-"""
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_a_signalled_caller_of_a_reuse_executor_leaves_no_process_behind(tmp_path, signum):
-    script = tmp_path / "caller.py"
-    script.write_text(CALLER)
-    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    try:
-        assert caller.stdout.readline().strip() == "submitted"
-        deadline = time.monotonic() + 20
-        procs = []
-        while time.monotonic() < deadline:  # the boss and its two processes, running calls
-            procs = psutil.Process(caller.pid).children(recursive=True)
-            if len(procs) >= 3:
-                break
-            time.sleep(0.05)
-        assert len(procs) >= 3, procs
-        pids = [p.pid for p in procs]
-        caller.send_signal(signum)
-        assert caller.wait(timeout=20) == -signum
-        left = gone(pids, within=10.0)
-        kill(left)
-        assert left == []
-    finally:
-        if caller.poll() is None:
-            caller.kill()
-            caller.wait(timeout=10)
-        caller.stdout.close()
 
 
 def test_programs_a_task_left_running_end_with_its_process_at_the_latest():

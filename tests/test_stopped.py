@@ -63,8 +63,6 @@ class Tally(Worker):
         return os.getppid()
 
 
-
-
 def _stopped(pid) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_STOPPED
@@ -416,9 +414,9 @@ def test_a_stopped_boss_killed_leaves_no_orphan():
         boss.close()
 
 
-def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
-    """Checked with a real caller process: stopped, its boss and workers run on; killed while
-    stopped, the boss ends the workers."""
+def _forked_caller():
+    """A real caller process running a boss with two hanging workers: its pid, and a socket on
+    which it sends the boss's pid."""
     read_end, write_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # the caller
@@ -430,6 +428,13 @@ def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
         finally:
             os._exit(0)
     write_end.close()
+    return pid, read_end
+
+
+def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
+    """Checked with a real caller process: stopped, its boss and workers run on; killed while
+    stopped, the boss ends the workers."""
+    pid, read_end = _forked_caller()
     started = [pid]
     try:
         boss_pid = int(read_end.recv(64))
@@ -452,22 +457,11 @@ def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
             pass
 
 
-
 def test_a_boss_stopped_when_its_caller_dies_still_stops_its_workers():
     """Its caller dead, a stopped boss does not stay stopped with its workers running for nobody
     (the kernel sends SIGHUP and SIGCONT to its newly orphaned process group, and its spawner
     and workers die with it)."""
-    read_end, write_end = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:  # the caller
-        try:
-            read_end.close()
-            boss = run_as_server(None, dict(crash=["hang", "hang"]), scheduler=LaxistScheduler(), stop_grace=0.5)
-            write_end.sendall(str(boss.pid).encode())
-            time.sleep(60)
-        finally:
-            os._exit(0)
-    write_end.close()
+    pid, read_end = _forked_caller()
     started = [pid]
     try:
         boss_pid = int(read_end.recv(64))
