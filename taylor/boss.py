@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import pickle
 import weakref
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -32,7 +33,11 @@ from .schedulers import default_scheduler, fit_to_capacity
 
 __all__ = ["Boss", "run_as_server", "batch_main", "format_report", "ABORT_MARGIN"]  # noqa: F822 - see __getattr__
 
+#: Instruction sets sent to the boss per message: at most this many rows, and about this many bytes
+#: (a message is gathered whole before the boss reads any of it, and memory the allocator can
+#: reuse costs a twentieth of fresh memory here: megabyte rows go one or a few at a time).
 _CHUNK_ROWS = 5000
+_CHUNK_BYTES = 1 << 21
 _live_bosses: weakref.WeakSet[Boss] = weakref.WeakSet()
 #: Seconds, beyond its ``stop_grace``, the caller waits for a boss told to stop before it kills it:
 #: a boss that cannot run (stopped with SIGSTOP) must not hold the caller forever.
@@ -190,8 +195,8 @@ class Boss:
         validate = getattr(self.scheduler, "validate", None)
         if callable(validate):
             validate(instructions)
-        messages = [self._encode_chunk(instructions[i:i + _CHUNK_ROWS])
-                    for i in range(0, len(instructions), _CHUNK_ROWS)]
+        rows = _rows_per_message(instructions)
+        messages = [self._encode_chunk(instructions[i:i + rows]) for i in range(0, len(instructions), rows)]
         for position, item in enumerate(instructions, len(self._names)):
             self._record.submitted[item["name"]] = dict(item)
             self._record.index[item["name"]] = position
@@ -200,9 +205,9 @@ class Boss:
         self._names = names
         return [i["name"] for i in instructions]
 
-    def _encode_chunk(self, chunk: List[Any]) -> bytes:
+    def _encode_chunk(self, chunk: List[Any]) -> List[Any]:
         try:
-            return wire.encode(("instructions", chunk), limit=self._max_instructions_bytes)
+            return wire.encode_parts(("instructions", chunk), limit=self._max_instructions_bytes)
         except Exception as exc:  # noqa: BLE001 - find and name the culprit
             for row in chunk:
                 try:
@@ -453,3 +458,16 @@ def _stop_forgotten_bosses() -> None:
 
 # A forked child (the boss, a worker, a user's own fork) owns none of its parent's bosses.
 os.register_at_fork(after_in_child=_live_bosses.clear)
+
+
+def _rows_per_message(instructions: List[Any]) -> int:
+    """How many rows to send per message: as many as fit in about :data:`_CHUNK_BYTES`, between 1
+    and :data:`_CHUNK_ROWS`, judging by what the second row adds to the first (rows of one call are
+    alike; what they share, their common instructions, is pickled once per message)."""
+    if len(instructions) < 2:
+        return 1
+    try:
+        one, two = (len(pickle.dumps(instructions[:n], protocol=pickle.HIGHEST_PROTOCOL)) for n in (1, 2))
+    except Exception:  # noqa: BLE001 - encoding the messages will say what is wrong
+        return _CHUNK_ROWS
+    return max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // max(two - one, 1)))

@@ -112,9 +112,10 @@ class BossProcess:
         _live.discard(self)
 
     # ------------------------------------------------------------- the channel
-    def send(self, kind: str, payload: Any, data: Optional[bytes] = None, timeout: Optional[float] = None) -> None:
-        """Send a message; with ``timeout``, a boss that does not read it in time (stopped) has the
-        channel closed on it instead, which tells it to stop its workers too."""
+    def send(self, kind: str, payload: Any, data: Optional[Any] = None, timeout: Optional[float] = None) -> None:
+        """Send a message (``data``: already encoded, as bytes or parts); with ``timeout``, a boss
+        that does not read it in time (stopped) has the channel closed on it instead, which tells
+        it to stop its workers too."""
         if self.record.final is not None or self.reaped:
             raise BossClosedError(f"the boss{self.label} has ended its run; it takes no more {kind}")
         if self.broken:
@@ -123,7 +124,10 @@ class BossProcess:
         try:
             if timeout is not None:
                 self.sock.settimeout(timeout)
-            self.sock.sendall(data, _NOSIGNAL)
+            if isinstance(data, list):
+                wire.send_parts(self.sock, data, _NOSIGNAL)
+            else:
+                self.sock.sendall(data, _NOSIGNAL)
         except TimeoutError:
             self.broken = True
             with contextlib.suppress(OSError):
@@ -192,15 +196,13 @@ class BossProcess:
 
     def _receive_now(self) -> Optional[bool]:
         try:
-            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+            messages = self.decoder.read(self.sock)
+        except (EOFError, OSError):
+            return False
+        if messages is None:
             return None
-        except OSError:
-            return False
-        if not data:
-            return False
         unreadable = None
-        for message in self.decoder.feed(data):  # every message, even after one that cannot be read
+        for message in messages:  # every message, even after one that cannot be read
             if isinstance(message, wire.Undecodable):
                 unreadable = unreadable or message
             elif self.record.handle(message):

@@ -73,11 +73,12 @@ class RunRecord:
         return False
 
     def _unpack_report(self, entry: Dict[str, Any]) -> bool:
-        """Load the entry's report, pickled apart in the boss (see :func:`wire.pack_report`).
+        """Load the entry's report, pickled apart by its worker (or by the boss, for a failure; see
+        :func:`wire.pack_report`).
 
         A report this process cannot unpickle fails that worker alone, with a
         :class:`ReportError` saying why; under ``on_error='abort'`` it stops
-        the run like any first failure (returns True: the boss, which could read it, must be told).
+        the run like any first failure (returns True: the boss, which passed it on unread, must be told).
         """
         try:
             entry["report"] = report = pickle.loads(entry["report"])
@@ -88,9 +89,9 @@ class RunRecord:
             why = f"{type(exc).__name__}: {exc}"
         name, was = entry["name"], entry["status"]
         plain = {k: v for k, v in entry["instructions"].items() if k != "scheduler_hooks"}
-        what = "raised an exception" if was == FAILED else "sent a report"
+        what = "raised an exception that the boss could read but" if was == FAILED else "sent a report that"
         entry.update(status=FAILED, report=ReportError(worker_failure_message(
-            f"{what} that the boss could read but this process (the caller) cannot unpickle ({why}). "
+            f"{what} this process (the caller) cannot unpickle ({why}). "
             "Make its class importable here (its module on this program's sys.path, imported before the "
             "Boss was created), and its pickling independent of the process (a __reduce__, or for an "
             "exception an __init__, that rebuilds it from plain values)", name, plain, entry.get("pid")),

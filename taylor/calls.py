@@ -159,11 +159,13 @@ class Payload:
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, data: Any) -> None:
+        self.data = data  # bytes, or a view of the message that brought it
 
-    def __reduce__(self):
-        return Payload, (self.data,)
+    def __reduce_ex__(self, protocol: int):
+        # Protocol 5: out of band where the pickler takes buffers apart (taylor's messages, see
+        # taylor.wire), so the megabytes of a call are not copied into each message that carries it.
+        return Payload, (pickle.PickleBuffer(self.data) if protocol >= 5 else bytes(self.data),)
 
     def __repr__(self) -> str:
         return f"<call payload of {len(self.data)} bytes>"

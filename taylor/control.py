@@ -70,13 +70,12 @@ class ControlChannel:
             self._flush_outbox()
         if not mask & READ:
             return
-        data = wire.read_chunk(fd)
-        if data is None:
-            return
-        if not data:
+        try:
+            messages = self.control_decoder.read(fd)
+        except EOFError:
             self._caller_gone()
             return
-        for message in self.control_decoder.feed(data):
+        for message in messages or ():
             self._handle(message)
 
     def _handle(self, message: Any) -> None:
@@ -143,7 +142,7 @@ class ControlChannel:
         out together (one wake-up of the caller for many), answers go at once."""
         if self.silent:
             return
-        self.outbox.push(wire.encode(message))
+        self.outbox.push(wire.encode_parts(message))
         if urgent or len(self.outbox) >= BATCH_BYTES:
             self.flush_at = 0.0
         elif self.flush_at is None:

@@ -31,7 +31,8 @@ __all__ = ["Dispatcher", "REPORT_WINDOW"]
 #: What holds a run back (the job's limits): a logger of its own, which the command line keeps audible.
 limits_log = logging.getLogger("taylor.limits")
 
-#: How many recent entries schedulers see as ``report``.
+#: How many recent entries schedulers see as ``report`` (without their instructions; a large report
+#: is not loaded in the boss: see :class:`taylor.entries.NotLoaded`).
 REPORT_WINDOW = 1000
 
 
@@ -149,7 +150,8 @@ class Dispatcher:
     def _account(self, entry: Dict[str, Any]) -> None:
         """Count a worker's entry and show it to the scheduler (its next ``launchable`` call)."""
         self.counts[entry["status"]] += 1
-        self.recent.append(entry)
+        # Without its instructions: a window of 1,000 megabyte calls would keep a gigabyte.
+        self.recent.append({key: value for key, value in entry.items() if key != "instructions"})
         self.not_now = False  # what a start lacked, this end may have freed
         self.dirty = True
 

@@ -44,7 +44,7 @@ from .poller import READ, Poller
 from .report import FAILED
 from .running import RunningWorker
 from .schedulers import fit_to_capacity
-from .worker import OK
+from .worker import OK, PACKED
 
 __all__ = ["Engine", "Options", "SIGNALS", "serve"]
 
@@ -270,12 +270,11 @@ class Engine(ControlChannel, Dispatcher):
     def _read_report(self, worker: RunningWorker) -> None:
         """Read what the worker's channel holds now (never blocks)."""
         while worker.channel_open:
-            data = wire.read_chunk(worker.fd)
-            if data is None:
-                return
-            if not data:
+            try:
+                messages = worker.decoder.read(worker.fd)
+            except EOFError:
                 self._close_channel(worker)
-                if not worker.finished and isinstance(worker.outcome, tuple) and worker.outcome[0] == OK:
+                if not worker.finished and isinstance(worker.outcome, tuple) and worker.outcome[0] in (OK, PACKED):
                     # Its task is over and reported; only its exit remains: the slot is free now.
                     worker.end_time = time.time()
                     self.workers.pop(worker.name, None)
@@ -283,7 +282,9 @@ class Engine(ControlChannel, Dispatcher):
                 if not worker.finished and worker.outcome is not None:  # only its os._exit is left to do
                     self.at(max(self.options.stop_grace, EXIT_GRACE), self._on_exit_overdue, worker)
                 return
-            for message in worker.decoder.feed(data):
+            if messages is None:
+                return
+            for message in messages:
                 if worker.outcome is None:
                     worker.outcome = message
 

@@ -10,6 +10,7 @@ This module must not depend on the boss's loop, its launcher or its channels.
 
 from __future__ import annotations
 
+import pickle
 import reprlib
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -26,9 +27,10 @@ from .errors import (
 )
 from .report import DONE, FAILED, STOPPED
 from .schedulers.memory_limit import LimitMemory
-from .worker import OK, RAISED, UNSENDABLE
+from .worker import OK, PACKED, RAISED, UNSENDABLE
 
-__all__ = ["alone_not_now", "failure_text", "for_caller", "make_entry", "memory_over", "pack_own"]
+__all__ = ["alone_not_now", "boss_view", "failure_text", "for_caller", "make_entry", "memory_over", "pack_own",
+           "NotLoaded"]
 
 
 def make_entry(worker: Any, exitcode: Optional[int], default_timeout: Optional[float]) -> Tuple[Dict[str, Any],
@@ -53,8 +55,12 @@ def make_entry(worker: Any, exitcode: Optional[int], default_timeout: Optional[f
     outcome = worker.outcome
     kind = outcome[0] if isinstance(outcome, tuple) and outcome else None
     failed = None
+    packed = None
     if kind == OK:
         entry["report"] = outcome[1]
+    elif kind == PACKED:
+        packed = outcome[1]
+        entry["report"] = boss_view(packed)
     elif kind == RAISED:
         entry.update(status=FAILED, report=outcome[1], traceback=outcome[2])
     elif kind == UNSENDABLE:
@@ -77,9 +83,8 @@ def make_entry(worker: Any, exitcode: Optional[int], default_timeout: Optional[f
     hooks = worker.instructions.get("scheduler_hooks")
     if hooks:  # its memory may have been limited (a memory scheduler's enforce=True): was that its end?
         over = memory_over(hooks, worker, outcome[1] if kind == RAISED else None)
-        if over is not None and kind != OK and not worker.stop_requested:
+        if over is not None and kind not in (OK, PACKED) and not worker.stop_requested:
             failed = MemoryLimitError, over
-    packed = None
     if failed is None and kind in (OK, RAISED):
         try:
             packed = wire.pack_report(entry["report"])
@@ -99,13 +104,44 @@ def make_entry(worker: Any, exitcode: Optional[int], default_timeout: Optional[f
     return entry, packed
 
 
-def for_caller(entry: Dict[str, Any], packed: Optional[bytes]) -> Dict[str, Any]:
+#: Largest report (pickled) the boss loads for itself: for the schedulers' window of recent
+#: entries and its log.  A larger one passes through untouched (see :class:`NotLoaded`).
+LOADED_REPORT = 1 << 16
+
+
+class NotLoaded:
+    """Stands, in the boss, for a report too large to load there (over :data:`LOADED_REPORT`
+    bytes pickled): the boss forwards it to the caller as the worker pickled it."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"<report of {self.size} bytes, not loaded in the boss>"
+
+
+def boss_view(packed: Any) -> Any:
+    """What the boss keeps of a report the worker pickled: the report when it is small and loads
+    here, a :class:`NotLoaded` otherwise (the caller, who gets the pickle, says why it does not load)."""
+    size = len(packed)
+    if size > LOADED_REPORT:
+        return NotLoaded(size)
+    try:
+        return pickle.loads(packed)
+    except Exception:  # noqa: BLE001 - a class only the caller has, say: its business, not the boss's
+        return NotLoaded(size)
+
+
+def for_caller(entry: Dict[str, Any], packed: Optional[Any]) -> Dict[str, Any]:
     """What the caller is sent of ``entry``: without its instructions (the caller has them), with its
     report pickled apart, so that a report the caller cannot unpickle is that worker's failure there,
-    not a message lost with the others that came with it."""
+    not a message lost with the others that came with it.  A report pickled by its worker goes as
+    that pickle, out of band (see :mod:`taylor.wire`): never loaded or copied in the boss."""
     sent = dict(entry)
     del sent["instructions"]
-    sent["report"] = packed if packed is not None else pack_own(entry["report"])
+    sent["report"] = pickle.PickleBuffer(packed) if packed is not None else pack_own(entry["report"])
     ticket = entry["instructions"].get("scheduler_ticket")
     if ticket is not None:
         sent["scheduler_ticket"] = ticket

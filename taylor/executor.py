@@ -43,6 +43,10 @@ from .schedulers import MaxThreadsScheduler
 
 __all__ = ["Executor", "CallOptions"]
 
+#: Bytes of call payloads an executor lets wait in its boss at once; later calls wait in the
+#: caller's queue (where cancelling them is free) until earlier ones end.
+BOSS_BYTES = 16 << 20
+
 #: Per-call options :meth:`Executor.options` accepts, and how each is checked.
 _OPTIONS = ("memory", "timeout", "expected_time", "name")
 
@@ -55,10 +59,11 @@ class _Future(Future):
     call's claim (see :class:`~taylor.calls.Claims`), and exactly one wins.
     """
 
-    def __init__(self, claims: Claims, seq: int) -> None:
+    def __init__(self, claims: Claims, seq: int, size: int) -> None:
         super().__init__()
         self._claims = claims
         self._seq = seq
+        self._size = size  # of its payload
 
     def cancel(self) -> bool:
         with self._condition:
@@ -176,6 +181,7 @@ class Executor(_BaseExecutor):
         os.set_blocking(self._wake_w, False)
         self._queue: deque = deque()  # (future, row) not yet sent to the boss
         self._futures: Dict[str, _Future] = {}  # sent, by worker name (manager thread only)
+        self._in_boss = 0  # bytes of their payloads (manager thread only)
         self._seq = itertools.count()
         self._names: set = set()
         self._shutdown = False
@@ -230,7 +236,7 @@ class Executor(_BaseExecutor):
             elif name in self._names:
                 raise ValueError(f"a call named {name!r} was already submitted to this executor: names are unique")
             self._names.add(name)
-            future = _Future(self._claims, seq)
+            future = _Future(self._claims, seq, len(data))
             row = {"taylor_call": Payload(data), "taylor_claims": self._claims.fd, "taylor_seq": seq, "name": name}
             for key in ("memory", "timeout", "expected_time"):
                 if options.get(key) is not None:
@@ -313,11 +319,11 @@ class Executor(_BaseExecutor):
                     self._cancel_all()
                     boss.stop_them_working()
                     ending = "stop"
-                elif ending is None:
-                    self._send_queued()
                 for entry in boss.wait_for_entries(timeout=0):
                     self._complete(entry)
-                if shutdown and ending is None:
+                if ending is None:
+                    self._send_queued()
+                if shutdown and ending is None and not self._queue:
                     boss.end()
                     ending = "end"
             boss.wait_till_finished()
@@ -327,14 +333,17 @@ class Executor(_BaseExecutor):
             self._finish(error)
 
     def _send_queued(self) -> None:
+        """Send the boss the calls queued, while their payloads in the boss stay under
+        :data:`BOSS_BYTES` (the first always goes): a megabyte call then costs memory the
+        allocators of the caller and the boss reuse, not fresh pages."""
         groups: Dict[Tuple[str, ...], List[Tuple[_Future, Dict[str, Any]]]] = {}
-        while self._queue:
+        while self._queue and (self._in_boss < BOSS_BYTES or not self._futures):
             future, row = self._queue.popleft()
             if not future.cancelled():
                 groups.setdefault(tuple(row), []).append((future, row))
-        for keys, calls in groups.items():
-            for future, row in calls:
                 self._futures[row["name"]] = future
+                self._in_boss += len(row["taylor_call"].data)
+        for keys, calls in groups.items():
             try:
                 self._boss.set_instructions(None, {key: [row[key] for _, row in calls] for key in keys})
             except InstructionsError as exc:  # e.g. more memory than the scheduler could ever grant
@@ -345,11 +354,14 @@ class Executor(_BaseExecutor):
 
     def _fail(self, calls: List[Tuple[_Future, Dict[str, Any]]], error: BaseException) -> None:
         for future, row in calls:
-            self._futures.pop(row["name"], None)
+            if self._futures.pop(row["name"], None) is not None:
+                self._in_boss -= len(row["taylor_call"].data)
             _settle(future.set_exception, error)
 
     def _complete(self, entry: Dict[str, Any]) -> None:
         future = self._futures.pop(entry["name"], None)
+        if future is not None:
+            self._in_boss -= future._size
         status, report = entry["status"], entry["report"]
         # The boss handle keeps every entry for its final report, which nobody reads here: it keeps
         # them without the call's payload and result, which belong to the future alone.

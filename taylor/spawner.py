@@ -12,7 +12,13 @@ Protocol, over a ``SOCK_SEQPACKET`` socket pair (one message per datagram);
 nobody waits for an answer:
 
 * boss to spawner: a token, then the pickled (class reference, attributes),
-  with the write end of the worker's report pipe attached (``SCM_RIGHTS``);
+  with the write end of the worker's report pipe attached (``SCM_RIGHTS``).
+  A request over :data:`MAX_REQUEST` bytes (a 1 MiB instruction, say) comes
+  as a token alone, its pickle in a memory file (``memfd``) attached after
+  the pipe: the spawner never reads it, the worker it forks does.  So the
+  boss never forks with its queue's megabytes in its heap (every fork of a
+  fat process costs the boss and the worker milliseconds of page-table and
+  copy-on-write work), and the spawner's heap stays small;
 * spawner to boss: ``READY`` once set up (until then the boss forks workers
   itself, so that the first task does not wait for the spawner's start);
   ``STARTED token pid``; ``REFUSED token errno`` when the fork failed or
@@ -37,6 +43,7 @@ import array
 import ctypes
 import errno
 import gc
+import mmap
 import os
 import pickle
 import select
@@ -59,15 +66,16 @@ from .forking import (
     set_process_name,
 )
 from .instructions import class_from_ref, class_ref, remember_classes
-from .worker import prepare_class
+from .wire import encode_parts, load_framed, write_parts
+from .worker import exit_on_error, prepare_class
 
 __all__ = ["MAX_REQUEST", "NAME", "Spawner"]
 
 #: The spawner's process name, as ``ps`` shows it.
 NAME = b"taylor-spawner"
 
-#: Largest request (pickled attributes) sent to the spawner; larger ones are forked by the boss,
-#: whose fork shares them with the worker for free.
+#: Largest request (pickled attributes) sent in the spawner's datagram; larger ones go in a memory
+#: file (see the protocol above).
 MAX_REQUEST = 1 << 16
 
 _TOKEN = struct.Struct("<Q")
@@ -121,24 +129,36 @@ class Spawner:
 
     def ask(self, cls: type, attributes: Mapping[str, Any], report_fd: int) -> Optional[int]:
         """Ask for a worker; the request's token (its pid comes as news), or None if the
-        boss must fork it itself: the request is too large or not picklable, the
-        spawner is busy with many requests already, or gone.
+        boss must fork it itself: the request is not picklable, or too large where
+        there are no memory files, the spawner is busy with many requests already,
+        or gone.
         """
         if not (self.alive and self.ready):
             return None
         payload = _Capped(MAX_REQUEST)
+        request_fd = None
         try:
             pickle.Pickler(payload, protocol=pickle.HIGHEST_PROTOCOL).dump((class_ref(cls), attributes))
-        except Exception:  # noqa: BLE001 - too large, or not picklable: the boss's own fork needs no pickling
+        except _TooLarge:
+            try:
+                request_fd = _request_file((class_ref(cls), attributes))
+            except Exception:  # noqa: BLE001 - no memory files here: the boss forks it
+                return None
+            payload.data = bytearray()
+        except Exception:  # noqa: BLE001 - not picklable: the boss's own fork needs no pickling
             return None
-        self._token += 1
-        fds = array.array("i", [report_fd])
         try:
-            self.sock.sendmsg([_TOKEN.pack(self._token), payload.data],
-                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-        except OSError:  # its socket is full (BlockingIOError), or it is gone: the news will say so
-            return None
-        return self._token
+            self._token += 1
+            fds = array.array("i", [report_fd] if request_fd is None else [report_fd, request_fd])
+            try:
+                self.sock.sendmsg([_TOKEN.pack(self._token), payload.data],
+                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+            except OSError:  # its socket is full (BlockingIOError), or it is gone: the news will say so
+                return None
+            return self._token
+        finally:
+            if request_fd is not None:
+                os.close(request_fd)  # the memory file in flight lives on in the message
 
     def news(self) -> List[News]:
         """What the spawner said since the last call (never blocks).  Once it is gone,
@@ -197,6 +217,10 @@ def _children(pid: int) -> Optional[Set[int]]:
         return None
 
 
+class _TooLarge(ValueError):
+    """A request over :data:`MAX_REQUEST` bytes: it goes in a memory file."""
+
+
 class _Capped:
     """A file for the pickler that refuses to grow past ``limit`` bytes: 200 MiB of instructions
     are given up on at the first 64 KiB, not pickled in full only to be found too large."""
@@ -208,10 +232,41 @@ class _Capped:
         self.limit = limit
 
     def write(self, chunk: Any) -> int:
-        if len(self.data) + len(chunk) > self.limit:
-            raise ValueError("too large for the spawner")
+        size = memoryview(chunk).nbytes  # pickle writes large values as they are: a PickleBuffer has no len()
+        if len(self.data) + size > self.limit:
+            raise _TooLarge("too large for the spawner's datagram")
         self.data += chunk
-        return len(chunk)
+        return size
+
+
+def _request_file(request: Any) -> int:
+    """A memory file holding ``request`` as one message (see :mod:`taylor.wire`): a call's payload
+    goes out of band, so that the worker reads it in place."""
+    fd = os.memfd_create("taylor-request", os.MFD_CLOEXEC)  # AttributeError where there is none
+    try:
+        write_parts(fd, encode_parts(request))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: mmap's MAP_POPULATE (Linux; named in the module from Python 3.10): the pages mapped at once.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if sys.platform.startswith("linux") else 0)
+
+
+def _load_request(fd: int, shared: Mapping[str, Any]) -> Tuple[type, Dict[str, Any]]:
+    """In a worker forked for a large request: its class and attributes, from the memory file ``fd``.
+    The file stays mapped: a call's payload is a view of it, never copied."""
+    try:
+        mapped = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    ref, attributes = load_framed(memoryview(mapped))
+    cls = class_from_ref(ref)
+    prepare_class(cls)
+    attributes.update(shared)
+    return cls, attributes
 
 
 # ---------------------------------------------------------------- the spawner process
@@ -298,24 +353,31 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                 if not length:
                     raise EOFError("the boss closed its end")
                 token = unpack_from(buffer)[0]
-                report_fd = None
+                report_fd = request_fd = None
                 for level, kind, fds in extra:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(fds) >= 4:
                         report_fd = int.from_bytes(fds[:4], byteorder)
+                        if len(fds) >= 8:  # a large request: its pickle is in this memory file
+                            request_fd = int.from_bytes(fds[4:8], byteorder)
                         if not cloexec:
-                            os.set_inheritable(report_fd, False)
-                try:
-                    ref, attributes = loads(view[token_size:length])
-                    cls = class_from_ref(ref)
-                    if cls not in prepared:  # prepare_class keeps its answer too, but calling it
-                        prepare_class(cls)  # costs ~4 more page faults per fork here (measured)
-                        prepared.add(cls)
-                    attributes.update(shared)
-                except Exception:  # noqa: BLE001 - hardly possible: the boss could unpickle it
-                    cls = None
-                if report_fd is None or cls is None:
-                    if report_fd is not None:
-                        close(report_fd)
+                            for fd in (report_fd, request_fd):
+                                if fd is not None:
+                                    os.set_inheritable(fd, False)
+                cls = attributes = None
+                if request_fd is None:
+                    try:
+                        ref, attributes = loads(view[token_size:length])
+                        cls = class_from_ref(ref)
+                        if cls not in prepared:  # prepare_class keeps its answer too, but calling it
+                            prepare_class(cls)  # costs ~4 more page faults per fork here (measured)
+                            prepared.add(cls)
+                        attributes.update(shared)
+                    except Exception:  # noqa: BLE001 - hardly possible: the boss could unpickle it
+                        cls = None
+                if report_fd is None or (cls is None and request_fd is None):
+                    for fd in (report_fd, request_fd):
+                        if fd is not None:
+                            close(fd)
                     send(pack(REFUSED, token, 0))
                     continue
                 bare = bare_fork_allowed(lone)
@@ -325,11 +387,20 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                         raise OSError(ctypes.get_errno(), "fork failed")
                 except OSError as exc:
                     close(report_fd)
+                    if request_fd is not None:
+                        close(request_fd)
                     send(pack(REFUSED, token, exc.errno or errno.EAGAIN))
                     continue
                 if pid == 0:
+                    if request_fd is not None:
+                        try:
+                            cls, attributes = _load_request(request_fd, shared)
+                        except BaseException:  # noqa: BLE001 - never fall back into this loop
+                            exit_on_error()
                     _child(cls, attributes, report_fd, own, me, handlers, max_report_bytes, name, bare)
                 close(report_fd)
+                if request_fd is not None:
+                    close(request_fd)
                 children.add(pid)
                 send(pack(STARTED, token, pid))
     except BaseException:  # noqa: BLE001 - the boss is gone or this loop broke: take the workers along

@@ -30,8 +30,9 @@ from .errors import ReportError, WorkerError
 
 __all__ = ["Worker", "DirectSpec", "run_child", "prepare_class", "instantiate", "direct_capable", "direct_outcome"]
 
-#: Outcome tags of the one message a worker sends back.
-OK, RAISED, UNSENDABLE = "ok", "raised", "unsendable"
+#: Outcome tags of the one message a worker sends back.  PACKED: its report pickled apart, in the
+#: worker (a buffer sent out of band, see :mod:`taylor.wire`), which the boss passes on untouched.
+OK, PACKED, RAISED, UNSENDABLE = "ok", "packed", "raised", "unsendable"
 
 
 class Worker(FootprintBase):
@@ -262,6 +263,27 @@ def _outcome(cls: type, attributes: Mapping[str, Any]) -> tuple:
 _OK_NONE = wire.encode((OK, None))
 
 
+def outcome_message(outcome: tuple, max_report_bytes: int) -> List[Any]:
+    """The message that tells the boss ``outcome``, in parts (see :func:`wire.encode_parts`).
+
+    A report is pickled once, here, and travels as a buffer out of band: the
+    boss forwards it to the caller without loading or copying it.  A task
+    that returns None (one that writes its results itself) sends a message
+    made once in the boss: pickling in a fresh fork costs some 30 page faults.
+    """
+    try:
+        if outcome[0] is OK:
+            if outcome[1] is None:
+                return [_OK_NONE]
+            packed = pickle.dumps(outcome[1], protocol=pickle.HIGHEST_PROTOCOL)
+            if max_report_bytes and len(packed) > max_report_bytes:
+                raise wire.MessageTooLarge(len(packed), max_report_bytes)
+            return wire.encode_parts((PACKED, pickle.PickleBuffer(packed)))
+        return wire.encode_parts(outcome, limit=max_report_bytes)
+    except Exception as exc:  # noqa: BLE001 - too large, or pickling failed in one of many ways
+        return [wire.encode(_unsendable(exc))]
+
+
 def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_bytes: int) -> NoReturn:
     """Body of a worker process: build the worker from its resolved footprint
     ``attributes``, run the task, send one message on ``fd``, exit.
@@ -274,18 +296,15 @@ def run_child(cls: type, attributes: Mapping[str, Any], fd: int, max_report_byte
     """
     try:
         _redirect_output(attributes)
-        outcome = _outcome(cls, attributes)
-        try:
-            # A task that returns None (one that writes its results itself) sends a message made
-            # once in the boss: pickling in a fresh fork costs some 30 page faults.
-            data = _OK_NONE if outcome[0] is OK and outcome[1] is None else \
-                wire.encode(outcome, limit=max_report_bytes)
-        except Exception as exc:  # noqa: BLE001 - too large, or pickling failed in one of many ways
-            data = wire.encode(_unsendable(exc))
+        parts = outcome_message(_outcome(cls, attributes), max_report_bytes)
         _flush_output()
-        written = os.write(fd, data)  # a report fits the pipe in one write, nearly always
-        if written < len(data):
-            wire.write_all(fd, memoryview(data)[written:])
+        if len(parts) == 1:
+            data = parts[0]
+            written = os.write(fd, data)  # a small report fits the pipe in one write
+            if written < len(data):
+                wire.write_all(fd, memoryview(data)[written:])
+        else:
+            wire.write_parts(fd, parts)
         os.close(fd)
     except BaseException:  # noqa: BLE001 - last resort: say so on stderr, exit non-zero
         exit_on_error()

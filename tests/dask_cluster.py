@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -19,6 +20,8 @@ import time
 from typing import Dict, Iterator, List, Optional
 
 import psutil
+
+from taylor.worker import OK, PACKED
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -163,3 +166,11 @@ def running_cluster(directory: str, memory_limits: List[str], forkers_first: boo
         yield real
     finally:
         real.stop()
+
+
+def report_of(ended) -> object:
+    """The report an ended cluster task sent: as it came (run in the Dask worker), or unpickled
+    (a fresh task process pickles it apart, for the boss to pass on untouched)."""
+    kind, value = ended.outcome[:2]
+    assert kind in (OK, PACKED), ended.outcome
+    return pickle.loads(value) if kind == PACKED else value

@@ -12,11 +12,10 @@ import pytest
 pytest.importorskip("distributed")
 
 from cluster_workers import Where, collect, start  # noqa: E402, F401
-from dask_cluster import forkers, running_cluster, task_processes  # noqa: E402
+from dask_cluster import forkers, report_of, running_cluster, task_processes  # noqa: E402
 from processes import gone  # noqa: E402
 
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
-from taylor.worker import OK  # noqa: E402
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ def test_dask_worker_killed_mid_task_names_worker_and_host_and_is_not_run_again(
         assert lost.outcome is None and lost.lost
         assert victim_task.worker in lost.lost and "host" in lost.lost and "does not run it again" in lost.lost
         assert lost.where["worker"] == victim_task.worker and lost.where["host"]
-        assert ended["other"].outcome[0] == OK
+        report_of(ended["other"])  # it reported
         # its process died with its Dask worker (through the forker), and nothing runs it again
         assert not gone(doomed + [f.pid for f in victim_forker], within=10)
         assert launcher.capacity.describe()["workers"][0] == 1
@@ -62,7 +61,8 @@ def test_dask_worker_killed_mid_task_names_worker_and_host_and_is_not_run_again(
         # the cluster goes on with the worker left
         start(launcher, where=True, name="after")
         (after,) = collect(launcher, 1)
-        assert after.outcome[0] == OK and after.where["worker"] == other_task.worker
+        report_of(after)
+        assert after.where["worker"] == other_task.worker
         # a worker that joins is counted, and given work
         joined = cluster.add_worker("1GiB")
         deadline = time.monotonic() + 20

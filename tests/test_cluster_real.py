@@ -20,13 +20,13 @@ import pytest
 pytest.importorskip("distributed")
 
 from cluster_workers import collect, start  # noqa: E402
-from dask_cluster import running_cluster, task_processes  # noqa: E402
+from dask_cluster import report_of, running_cluster, task_processes  # noqa: E402
 from processes import gone  # noqa: E402
 from workers import Faulty  # noqa: E402, F401 - registers the class
 
 from taylor.cluster.launcher import IN_WORKER, DaskLauncher, describe_cluster  # noqa: E402
 from taylor.errors import CapacityError  # noqa: E402
-from taylor.worker import OK, RAISED  # noqa: E402
+from taylor.worker import RAISED  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_tasks_run_in_fresh_processes_and_say_where(cluster, launcher):
     assert sorted(ended) == sorted(t.name for t in tasks)
     workers = set()
     for entry in ended.values():
-        assert entry.outcome[0] == OK and entry.exitcode == 0 and not entry.lost, entry
-        report = entry.outcome[1]
+        report = report_of(entry)
+        assert entry.exitcode == 0 and not entry.lost, entry
         assert entry.where["worker"] in cluster.workers and entry.where["host"] == socket.gethostname()
         assert report["pid"] == entry.pid
         # forked by the host's forker, a fresh interpreter: not by the multi-threaded Dask worker
@@ -183,14 +183,14 @@ def test_in_worker_mode_runs_in_the_dask_worker(cluster):
         start(launcher, where=True, name="inside")
         start(launcher, fault="raise", name="raising")
         ended = {e.name: e for e in collect(launcher, 2)}
-    report = ended["inside"].outcome[1]
+    report = report_of(ended["inside"])
     assert report["pid"] == cluster.workers[ended["inside"].where["worker"]].pid
     assert ended["inside"].pid is None and ended["inside"].where["host"] == socket.gethostname()
     assert ended["raising"].outcome[0] == RAISED
 
 
 MAIN = textwrap.dedent("""
-    import os, select, sys
+    import os, pickle, select, sys
     from taylor import Worker
     from taylor.cluster.launcher import DaskLauncher, IN_WORKER
 
@@ -207,7 +207,8 @@ MAIN = textwrap.dedent("""
         while not ended:
             select.select([launcher.fileno()], [], [], 30)
             ended = launcher.ended()
-    print(ended[0].outcome, os.getpid())
+    kind, report = ended[0].outcome[:2]
+    print(("ok", pickle.loads(report) if kind == "packed" else report), os.getpid())
 """)
 
 

@@ -8,13 +8,13 @@ pytest.importorskip("distributed")
 pytest.importorskip("cryptography")  # Security.temporary() makes its certificates with it
 
 from cluster_workers import collect, start  # noqa: E402
+from dask_cluster import report_of  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 from distributed.security import Security  # noqa: E402
 
 from taylor.cluster import ClusterError  # noqa: E402
 from taylor.cluster.connect import portable  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
-from taylor.worker import OK  # noqa: E402
 
 
 def test_tls_cluster_needs_and_takes_the_security_object():
@@ -29,7 +29,8 @@ def test_tls_cluster_needs_and_takes_the_security_object():
         with DaskLauncher(address, security=security) as launcher:
             start(launcher, where=True, name="over-tls")
             (entry,) = collect(launcher, 1)
-        assert entry.outcome[0] == OK and entry.where["worker"].startswith("tls://")
+        report_of(entry)  # it reported
+        assert entry.where["worker"].startswith("tls://")
         # A Client given by the caller becomes what the boss process connects with, TLS settings included.
         with Client(address, security=security, set_as_default=False) as client:
             target = portable(client)

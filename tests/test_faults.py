@@ -100,7 +100,7 @@ def test_running_out_of_memory_is_reported_as_memory_error():
 @pytest.mark.parametrize("crash, words", [
     ("unpicklable", "could not be pickled"),
     ("huge", "more than the limit of 1048576 bytes"),
-    ("unloadable", "could not unpickle"),
+    ("unloadable", "cannot unpickle"),
 ])
 def test_report_that_cannot_travel_is_that_workers_error(crash, words):
     report = batch_main(None, dict(crash=[crash, "ok", "hang"], seconds=[0, 0, 0.3]),

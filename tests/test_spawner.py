@@ -16,6 +16,7 @@ from processes import SPAWNER, gone, kill, spawner_of
 
 import taylor
 from taylor import Worker, run_as_server
+from taylor.calls import Payload
 from taylor.schedulers import LaxistScheduler, MaxThreadsScheduler
 from taylor.spawner import MAX_REQUEST
 
@@ -28,14 +29,19 @@ class Family(Worker):
 
     _footprint = dict(attr=dict(family=dict(type=bool, values=[True]),
                                 ballast=dict(optional=True, default=""),
-                                thing=dict(type=object, optional=True, default=None)))
+                                thing=dict(type=object, optional=True, default=None),
+                                echo=dict(type=bool, optional=True, default=False)))
 
     def _task(self):
         with open(f"/proc/{os.getppid()}/comm") as comm:
             parent = comm.read().strip()
         with open("/proc/self/comm") as comm:
             name = comm.read().strip()
-        return dict(parent=parent, parent_pid=os.getppid(), name=name, frozen=gc.get_freeze_count())
+        found = dict(parent=parent, parent_pid=os.getppid(), name=name, frozen=gc.get_freeze_count())
+        if self.echo:
+            thing = bytes(self.thing.data) if isinstance(self.thing, Payload) else self.thing
+            found.update(ballast=self.ballast, thing=thing)
+        return found
 
 
 def _run_when_ready(common, individual, **options):
@@ -63,14 +69,30 @@ def test_workers_are_forked_by_the_spawner_and_inherit_a_frozen_heap():
         assert entry["report"]["frozen"] > 1000  # a full collection in the worker skips the inherited heap
 
 
-def test_instructions_too_large_to_send_are_forked_by_the_boss_itself():
-    big = "x" * (MAX_REQUEST + 1)
-    report = _run_when_ready(dict(family=True), dict(ballast=["", big]))
+def test_large_instructions_reach_workers_forked_by_the_spawner_through_a_memory_file():
+    """A request over the spawner's datagram travels as a memory file the worker reads: the boss,
+    whose heap holds the queue, never forks itself; what arrives is what was given."""
+    big = "".join(chr(65 + i % 26) for i in range(3 * MAX_REQUEST))
+    blob = bytearray(os.urandom(2 * MAX_REQUEST))
+    call = os.urandom(2 * MAX_REQUEST)  # an Executor's call: its payload goes out of band
+    report = _run_when_ready(dict(family=True, echo=True),
+                             dict(ballast=["", big, "", ""], thing=[None, None, blob, Payload(call)]))
     assert report.ok
-    by_size = {len(e["instructions"]["ballast"]): e["report"] for e in report.workers}
-    assert by_size[0]["parent"] == SPAWNER
-    assert by_size[len(big)]["parent"] != SPAWNER and by_size[len(big)]["frozen"] > 1000
-    assert by_size[len(big)]["parent_pid"] != by_size[0]["parent_pid"]
+    entries = sorted(report.workers, key=lambda e: e["index"])
+    assert {e["report"]["parent"] for e in entries} == {SPAWNER}
+    assert len({e["report"]["parent_pid"] for e in entries}) == 1
+    assert [e["report"]["ballast"] for e in entries] == ["", big, "", ""]
+    assert entries[2]["report"]["thing"] == blob
+    assert entries[3]["report"]["thing"] == call
+    assert not _memory_files_of(entries[0]["report"]["parent_pid"])  # none left open in the spawner
+
+
+def _memory_files_of(pid):
+    try:
+        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
+                if "taylor-request" in os.readlink(f"/proc/{pid}/fd/{fd}")]
+    except FileNotFoundError:  # the spawner is gone with its boss: nothing can be left open
+        return []
 
 
 def test_without_a_spawner_the_boss_forks_every_worker(monkeypatch):
