@@ -38,6 +38,7 @@ from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .entries import failure_text, for_caller, make_entry
 from .errors import Interrupted, TaylorError
+from .forking import keep_freed_memory
 from .launcher import Launcher
 from .local import LocalProcesses
 from .poller import READ, Poller
@@ -392,6 +393,7 @@ def _note_signal(signum: int, frame: Any) -> None:
 
 def serve(control: int, caller_pid: int, scheduler: Any, options: Options, inherited_fds: List[int]) -> int:
     """Entry point of the boss process."""
+    keep_freed_memory()  # megabyte messages pass through it: memory reused is free, fresh pages are not
     if options.verbose:
         logging.getLogger("taylor").setLevel(logging.INFO)
     return Engine(control, caller_pid, scheduler, options, inherited_fds).run()

@@ -47,6 +47,14 @@ __all__ = ["Executor", "CallOptions"]
 #: caller's queue (where cancelling them is free) until earlier ones end.
 BOSS_BYTES = 16 << 20
 
+#: Calls whose pickle is larger than this are pickled twice: at submit, to raise there if they
+#: cannot be sent (that pickle is dropped at once), and when sent to the boss.  Between the two
+#: the caller holds the call's arguments, not megabytes of pickles: the memory of a pickle just
+#: dropped is reused by the next, where a queue of them would each take fresh pages (some 0.8 ms
+#: per MiB on the reference VM).  Like ProcessPoolExecutor, such a call then sees changes made to
+#: its arguments before it is sent.
+PICKLED_AT_SEND = 1 << 16
+
 #: Per-call options :meth:`Executor.options` accepts, and how each is checked.
 _OPTIONS = ("memory", "timeout", "expected_time", "name")
 
@@ -220,7 +228,10 @@ class Executor(_BaseExecutor):
         if os.getpid() != self._owner:
             raise RuntimeError(f"this executor{self._label()} belongs to process {self._owner}, which created it; "
                                "a forked child must create its own Executor")
-        data = dumps_call(fn, args, kwargs, self._known)
+        data = dumps_call(fn, args, kwargs, self._known)  # TypeError now if it cannot be sent
+        size = len(data)
+        call = Payload(data) if size <= PICKLED_AT_SEND else _Later(fn, args, kwargs)
+        del data  # a large one is pickled again when sent: see PICKLED_AT_SEND
         with self._lock:
             if self._broken is not None:
                 raise BrokenExecutor(f"the executor{self._label()} can run nothing more: "
@@ -236,8 +247,8 @@ class Executor(_BaseExecutor):
             elif name in self._names:
                 raise ValueError(f"a call named {name!r} was already submitted to this executor: names are unique")
             self._names.add(name)
-            future = _Future(self._claims, seq, len(data))
-            row = {"taylor_call": Payload(data), "taylor_claims": self._claims.fd, "taylor_seq": seq, "name": name}
+            future = _Future(self._claims, seq, size)
+            row = {"taylor_call": call, "taylor_claims": self._claims.fd, "taylor_seq": seq, "name": name}
             for key in ("memory", "timeout", "expected_time"):
                 if options.get(key) is not None:
                     row[key] = options[key]
@@ -339,10 +350,18 @@ class Executor(_BaseExecutor):
         groups: Dict[Tuple[str, ...], List[Tuple[_Future, Dict[str, Any]]]] = {}
         while self._queue and (self._in_boss < BOSS_BYTES or not self._futures):
             future, row = self._queue.popleft()
-            if not future.cancelled():
-                groups.setdefault(tuple(row), []).append((future, row))
-                self._futures[row["name"]] = future
-                self._in_boss += len(row["taylor_call"].data)
+            if future.cancelled():
+                continue
+            later = row["taylor_call"]
+            if isinstance(later, _Later):
+                try:
+                    row["taylor_call"] = Payload(dumps_call(later.fn, later.args, later.kwargs, self._known))
+                except TypeError as exc:  # it pickled at submit: its arguments changed since
+                    _settle(future.set_exception, exc)
+                    continue
+            groups.setdefault(tuple(row), []).append((future, row))
+            self._futures[row["name"]] = future
+            self._in_boss += future._size
         for keys, calls in groups.items():
             try:
                 self._boss.set_instructions(None, {key: [row[key] for _, row in calls] for key in keys})
@@ -355,7 +374,7 @@ class Executor(_BaseExecutor):
     def _fail(self, calls: List[Tuple[_Future, Dict[str, Any]]], error: BaseException) -> None:
         for future, row in calls:
             if self._futures.pop(row["name"], None) is not None:
-                self._in_boss -= len(row["taylor_call"].data)
+                self._in_boss -= future._size
             _settle(future.set_exception, error)
 
     def _complete(self, entry: Dict[str, Any]) -> None:
@@ -416,6 +435,15 @@ class Executor(_BaseExecutor):
                 _settle(future.set_exception, broken)
         self._claims.close()
         _live.discard(self)
+
+
+class _Later:
+    """A large call, pickled when it is sent (see :data:`PICKLED_AT_SEND`)."""
+
+    __slots__ = ("fn", "args", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: Dict[str, Any]) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
 
 
 def _settle(setter: Callable[[Any], None], value: Any) -> None:

@@ -102,6 +102,31 @@ def bare_fork_allowed(lone: int) -> bool:
         return False
 
 
+#: glibc's mallopt parameters, and what :func:`keep_freed_memory` sets them to.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEPT_FREE = 64 << 20
+HEAP_UP_TO = 32 << 20  # glibc's largest mmap threshold on 64-bit systems
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's allocator (glibc's) keep up to :data:`KEPT_FREE` bytes of freed memory
+    for reuse, and serve blocks up to :data:`HEAP_UP_TO` from its heap, instead of mapping each
+    large block afresh and giving it back once freed.
+
+    For the boss, which receives and passes on megabyte messages one after the other: fresh
+    pages cost a fault each (some 3 µs on the reference VM: 0.8 ms per MiB), memory reused
+    costs nothing.  Returns False where there is no glibc.
+    """
+    if _prctl is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO)) and bool(mallopt(_M_TRIM_THRESHOLD, KEPT_FREE))
+
+
 def set_parent_death_signal(signum: int) -> bool:
     """Ask the kernel to send ``signum`` to this process when its parent dies.
 
