@@ -204,6 +204,16 @@ def worker_classes() -> List[type]:
     return list(footprints.collectors.get(tag="worker").items())
 
 
+class _Description(dict):
+    """Instructions as footprints examines them, printed short: its collector formats the whole
+    description for a debug message even when debug is off (5.6 ms for a 1 MiB value)."""
+
+    def __repr__(self) -> str:
+        return f"<instructions {', '.join(sorted(map(str, self)))}>"
+
+    __str__ = __repr__
+
+
 def _best_fit(collector: Any, description: Dict[str, Any]):
     """(class, resolved attributes) of the best Worker for ``description``, or None.
 
@@ -242,7 +252,7 @@ def resolve(rows: Iterable[Mapping[str, Any]], *, shared: Mapping[str, Any] = ()
     result = []
     new_names = set()
     for row in rows:
-        description = dict(row)
+        description = _Description(row)
         description.update(shared)
         try:
             fit = _best_fit(collector, description)
