@@ -1,5 +1,6 @@
 """One call to run a batch: :func:`run_as_server` starts one, :func:`batch_main` runs it to the end and
-prints its report (:func:`format_report`).
+prints its report (:func:`format_report`), showing its progress meanwhile if asked
+(:func:`refresh_running` feeds the progress line of ``taylor run`` too).
 
 Built on the public :class:`~taylor.boss.Boss` API alone, as a user's script would be: must not
 reach into the Boss's internals, its process (``bossprocess``) or the boss loop (``engine``).
@@ -8,9 +9,14 @@ reach into the Boss's internals, its process (``bossprocess``) or the boss loop 
 from __future__ import annotations
 
 import pprint
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 from .boss import Boss
+from .errors import Interrupted
+from .interrupts import is_signal, sigterm_raises
+from .progress import Progress
 from .report import Report
 
 __all__ = ["run_as_server", "batch_main", "format_report"]
@@ -25,14 +31,21 @@ def run_as_server(common_instructions: Optional[Mapping[str, Any]] = None,
     more instructions may be given meanwhile.  ``boss_options`` are the other
     :class:`Boss` parameters.
     """
+    return _start(common_instructions, individual_instructions, scheduler, verbose, boss_options)[0]
+
+
+def _start(common_instructions: Optional[Mapping[str, Any]],
+           individual_instructions: Optional[Mapping[str, Sequence[Any]]],
+           scheduler: Any, verbose: bool, boss_options: Mapping[str, Any]) -> Tuple[Boss, int]:
+    """:func:`run_as_server`, and how many workers it was given (the progress line's total)."""
     boss = Boss(scheduler=scheduler, verbose=verbose, **boss_options)
     try:
-        boss.set_instructions(common_instructions, individual_instructions)
+        names = boss.set_instructions(common_instructions, individual_instructions)
         boss.make_them_work()
     except BaseException:
         boss.close()
         raise
-    return boss
+    return boss, len(names)
 
 
 def _report_text(report: Any) -> str:
@@ -63,7 +76,8 @@ def format_report(report: Report) -> str:
 def batch_main(common_instructions: Optional[Mapping[str, Any]] = None,
                individual_instructions: Optional[Mapping[str, Sequence[Any]]] = None,
                scheduler: Any = None, verbose: bool = False,
-               print_report: Union[bool, Callable[[Any], Any]] = True, **boss_options: Any) -> Report:
+               print_report: Union[bool, Callable[[Any], Any]] = True, progress: Optional[bool] = False,
+               **boss_options: Any) -> Report:
     """Run one batch to the end, show its report and return it.
 
     ``print_report``: ``True`` prints, for each worker, its name and its whole
@@ -73,14 +87,24 @@ def batch_main(common_instructions: Optional[Mapping[str, Any]] = None,
     then prints nothing itself).  Nothing is shown when the run fails: the
     error raised carries the report.
 
+    ``progress``: ``True`` shows the progress line of ``taylor run`` on stderr
+    while the batch runs (done, failed and running workers, elapsed time,
+    ETA): redrawn in place on a terminal, and taken away before the report is
+    printed or an error raised; on a file or pipe, a status line at the start,
+    every 10 seconds and at the end.  ``None`` shows it when stderr is a
+    terminal, as ``taylor run`` does; ``False`` (default) shows nothing.
+
     Raises the first worker error (with ``.report``) unless
     ``on_error='continue'``; see :func:`run_as_server` for the parameters.
     """
-    boss = run_as_server(common_instructions, individual_instructions, scheduler=scheduler,
-                         verbose=verbose, **boss_options)
+    shown = bool(sys.stderr is not None and sys.stderr.isatty()) if progress is None else bool(progress)
+    boss, total = _start(common_instructions, individual_instructions, scheduler, verbose, boss_options)
+    bar = Progress(total, enabled=True) if shown else None
     try:
-        report = boss.wait_till_finished()
+        report = boss.wait_till_finished() if bar is None else _follow(boss, bar)
     finally:
+        if bar is not None:
+            bar.close(keep=False)  # before anything else is printed, whatever happened
         boss.close()
     if callable(print_report):
         for entry in report.workers:
@@ -88,3 +112,45 @@ def batch_main(common_instructions: Optional[Mapping[str, Any]] = None,
     elif print_report:
         print(format_report(report))
     return report
+
+
+def refresh_running(boss: Boss, bar: Progress) -> Optional[Report]:
+    """Ask the boss how many workers run now (one round trip), for the progress line ``bar``; return its
+    interim report (None if the run ended meanwhile: the caller's wait sees how, and raises its failure)."""
+    bar.asked = time.monotonic()
+    try:
+        interim = boss.get_report(interim=True)
+    except BaseException as exc:  # noqa: BLE001 - a worker's failure: wait_till_finished raises it
+        if is_signal(exc):
+            raise
+        return None
+    if interim is not None:
+        bar.running = interim.get("counts", {}).get("running")
+    return interim
+
+
+def _follow(boss: Boss, bar: Progress) -> Report:
+    """Wait for the run's end as :meth:`Boss.wait_till_finished` does, counting the entries on ``bar`` as
+    they come and redrawing it every ``bar.interval`` seconds (the wait's bound: no polling)."""
+    try:
+        with sigterm_raises():  # between two waits too, as during wait_till_finished's one wait
+            boss.end()  # every instruction is given: the run ends with its last worker
+            bar.draw(force=True)
+            while not boss.ended:
+                for entry in boss.wait_for_entries(bar.interval):
+                    bar.count(entry["status"])
+                if not boss.ended and time.monotonic() - bar.asked >= bar.interval:
+                    refresh_running(boss, bar)
+                bar.draw()
+            for entry in boss.wait_for_entries(0):
+                bar.count(entry["status"])
+            bar.running = 0
+            return boss.wait_till_finished()
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if getattr(exc, "report", None) is None:  # came between two waits: stop the run as a wait would have
+            boss.close()
+            try:
+                exc.report = boss.get_report(interim=False)
+            except Exception:  # noqa: BLE001 - the run had failed before: keep the interruption
+                pass
+        raise

@@ -645,7 +645,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
 
     from .boss import Boss
     from .errors import BossDiedError, Interrupted, TaylorError, WorkerError
-    from .interrupts import raise_interrupted
+    from .interrupts import is_signal, raise_interrupted
     from .journal import Journal
     from .output import OutputPrinter, take_output
     from .report import Report
@@ -782,7 +782,7 @@ def _run_batch(tasks: List[Dict[str, Any]], originals: Dict[str, Dict[str, Any]]
                 try:
                     report = boss.wait_till_finished()  # the run has ended: this only reads the outcome
                 except BaseException as exc:  # noqa: BLE001 - a worker's own exception ends the run
-                    if _is_signal(exc):
+                    if is_signal(exc):
                         raise
                     error = exc
                     report = getattr(exc, "report", None)
@@ -881,26 +881,13 @@ def _rename_logs(logdir: str, worker: str, name: str) -> None:
             pass
 
 
-def _is_signal(exc: BaseException) -> bool:
-    """True for SIGINT/SIGTERM received here; False for a worker's failure, even a KeyboardInterrupt or
-    SystemExit raised in a task (the boss hands those back with the run's ``report``)."""
-    from .errors import Interrupted
-
-    return isinstance(exc, (KeyboardInterrupt, Interrupted)) and getattr(exc, "report", None) is None
-
-
 def _refresh_running(boss: Any, bar: Progress, tracker: Optional[_Tracker] = None, journal: Any = None) -> None:
     """Ask the boss which tasks run now (one round trip): for the progress line, and the journal's starts."""
-    bar.asked = time.monotonic()
-    try:
-        interim = boss.get_report(interim=True)
-    except BaseException as exc:  # noqa: BLE001 - the run ended meanwhile: the main loop will see it
-        if _is_signal(exc):
-            raise
-        return
+    from .batch import refresh_running
+
+    interim = refresh_running(boss, bar)
     if interim is None:
         return
-    bar.running = interim.get("counts", {}).get("running")
     if journal is not None and tracker is not None:
         for worker in interim.get("running") or ():
             if worker not in tracker.seen_running:

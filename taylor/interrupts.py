@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from .errors import Interrupted
 
-__all__ = ["signals_deferred", "raise_interrupted", "sigterm_raises"]
+__all__ = ["signals_deferred", "raise_interrupted", "sigterm_raises", "is_signal"]
 
 
 @contextlib.contextmanager
@@ -54,3 +54,9 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def is_signal(exc: BaseException) -> bool:
+    """True for SIGINT/SIGTERM received here; False for a worker's failure, even a KeyboardInterrupt or
+    SystemExit raised in a task (the boss hands those back with the run's ``report``)."""
+    return isinstance(exc, (KeyboardInterrupt, Interrupted)) and getattr(exc, "report", None) is None

@@ -1,11 +1,12 @@
-"""The progress line of ``taylor run``: done/failed/running counts, elapsed time and ETA on stderr.
+"""The progress line of ``taylor run`` and ``batch_main``: done/failed/running counts, elapsed time and ETA
+on stderr.
 
 On a terminal it is one line redrawn in place, taken away before any task
 output is printed (:meth:`Progress.clear`) so that the two never mix; on a
 file or pipe it is a plain status line now and then (every
 ``plain_interval`` seconds, and at the end), without carriage returns.
 
-Depends on nothing of taylor: the command line feeds it counts.
+Depends on nothing of taylor: the command line and :func:`taylor.batch_main` feed it counts.
 """
 
 from __future__ import annotations
@@ -80,8 +81,13 @@ class Progress:
             sys.stderr.write(f"taylor: progress {line}\n")
         sys.stderr.flush()
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """The last state: on a terminal, left on its line (``keep``) or taken away (a report follows that
+        says it all); elsewhere, a last status line."""
         if self.enabled:
+            if self.terminal and not keep:
+                self.clear()
+                return
             self.draw(force=True)
             if self.terminal:
                 sys.stderr.write("\n")
