@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import pickle
 import weakref
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -467,7 +466,7 @@ def _rows_per_message(instructions: List[Any]) -> int:
     if len(instructions) < 2:
         return 1
     try:
-        one, two = (len(pickle.dumps(instructions[:n], protocol=pickle.HIGHEST_PROTOCOL)) for n in (1, 2))
+        one, two = (wire.pickled_size(instructions[:n]) for n in (1, 2))
     except Exception:  # noqa: BLE001 - encoding the messages will say what is wrong
         return _CHUNK_ROWS
     return max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // max(two - one, 1)))
