@@ -101,7 +101,9 @@ class BaseScheduler(FootprintBase):
         """Split ``pending`` into (instructions to start now, instructions for later).
 
         ``workers`` are the running workers by name, ``report`` the entries of
-        recently finished workers.
+        recently finished workers (the last 1,000, without their instructions; a
+        report over 64 KiB pickled is not loaded in the boss, which passes it on to
+        the caller untouched: it reads as :class:`taylor.entries.NotLoaded`).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement launchable()")
 
