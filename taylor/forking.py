@@ -1,8 +1,8 @@
 """Forking one worker process: the child's set-up and body.
 
 Shared by the spawner (which forks nearly every worker) and the boss (which
-forks a worker itself when the spawner cannot: instructions too large to send,
-or no spawner).  Everything here runs in a fresh fork, where each page written
+forks a worker itself when the spawner cannot: instructions that do not pickle,
+the spawner not ready or gone, or no spawner).  Everything here runs in a fresh fork, where each page written
 costs a copy-on-write fault, so the child does as little as it can; and both
 fork without Python's at-fork hooks where that is safe (see :data:`bare_fork`).
 
@@ -117,7 +117,7 @@ def keep_freed_memory() -> bool:
     pages cost a fault each (some 3 µs on the reference VM: 0.8 ms per MiB), memory reused
     costs nothing.  Returns False where there is no glibc.
     """
-    if _prctl is None:
+    if not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
