@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
@@ -71,28 +72,39 @@ def test_workers_are_forked_by_the_spawner_and_inherit_a_frozen_heap():
 
 def test_large_instructions_reach_workers_forked_by_the_spawner_through_a_memory_file():
     """A request over the spawner's datagram travels as a memory file the worker reads: the boss,
-    whose heap holds the queue, never forks itself; what arrives is what was given."""
+    whose heap holds the queue, never forks itself; what arrives is what was given, and neither
+    the boss nor the spawner keeps a memory file open afterwards."""
     big = "".join(chr(65 + i % 26) for i in range(3 * MAX_REQUEST))
     blob = bytearray(os.urandom(2 * MAX_REQUEST))
     call = os.urandom(2 * MAX_REQUEST)  # an Executor's call: its payload goes out of band
-    report = _run_when_ready(dict(family=True, echo=True),
-                             dict(ballast=["", big, "", ""], thing=[None, None, blob, Payload(call)]))
+    boss = taylor.Boss()
+    try:
+        spawner = spawner_of(boss)
+        boss.set_instructions(dict(family=True, echo=True),
+                              dict(ballast=["", big, "", ""], thing=[None, None, blob, Payload(call)]))
+        boss.make_them_work()
+        entries = []
+        while len(entries) < 4:
+            entries += boss.wait_for_entries(timeout=30)
+        assert not _memory_files_of(boss.pid) and not _memory_files_of(spawner.pid)
+        report = boss.wait_till_finished()
+    finally:
+        boss.close()
     assert report.ok
     entries = sorted(report.workers, key=lambda e: e["index"])
     assert {e["report"]["parent"] for e in entries} == {SPAWNER}
-    assert len({e["report"]["parent_pid"] for e in entries}) == 1
+    assert {e["report"]["parent_pid"] for e in entries} == {spawner.pid}
     assert [e["report"]["ballast"] for e in entries] == ["", big, "", ""]
     assert entries[2]["report"]["thing"] == blob
     assert entries[3]["report"]["thing"] == call
-    assert not _memory_files_of(entries[0]["report"]["parent_pid"])  # none left open in the spawner
 
 
 def _memory_files_of(pid):
-    try:
-        return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
-                if "taylor-request" in os.readlink(f"/proc/{pid}/fd/{fd}")]
-    except FileNotFoundError:  # the spawner is gone with its boss: nothing can be left open
-        return []
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # a descriptor closed meanwhile
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return [link for link in links if "taylor-request" in link]
 
 
 def test_without_a_spawner_the_boss_forks_every_worker(monkeypatch):
