@@ -66,7 +66,7 @@ from .forking import (
     set_process_name,
 )
 from .instructions import class_from_ref, class_ref, remember_classes
-from .wire import encode_parts, load_framed, write_parts
+from .wire import HEADER_SIZE, encode_parts, load_framed, message_size, write_parts
 from .worker import exit_on_error, prepare_class
 
 __all__ = ["MAX_REQUEST", "NAME", "Spawner"]
@@ -95,6 +95,7 @@ class Spawner:
         self.alive = True
         self.ready = False  # until it says so, the boss forks workers itself: the first task waits for nothing
         self._token = 0
+        self._files = _RequestFiles()
 
     @classmethod
     def start(cls, close_fds: Iterable[int], shared: Mapping[str, Any], max_report_bytes: int,
@@ -141,24 +142,24 @@ class Spawner:
             pickle.Pickler(payload, protocol=pickle.HIGHEST_PROTOCOL).dump((class_ref(cls), attributes))
         except _TooLarge:
             try:
-                request_fd = _request_file((class_ref(cls), attributes))
+                request_fd = self._files.write((class_ref(cls), attributes))
             except Exception:  # noqa: BLE001 - no memory files here: the boss forks it
                 return None
             payload.data = bytearray()
         except Exception:  # noqa: BLE001 - not picklable: the boss's own fork needs no pickling
             return None
+        self._token += 1
+        fds = array.array("i", [report_fd] if request_fd is None else [report_fd, request_fd])
         try:
-            self._token += 1
-            fds = array.array("i", [report_fd] if request_fd is None else [report_fd, request_fd])
-            try:
-                self.sock.sendmsg([_TOKEN.pack(self._token), payload.data],
-                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-            except OSError:  # its socket is full (BlockingIOError), or it is gone: the news will say so
-                return None
-            return self._token
-        finally:
+            self.sock.sendmsg([_TOKEN.pack(self._token), payload.data],
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+        except OSError:  # its socket is full (BlockingIOError), or it is gone: the news will say so
             if request_fd is not None:
-                os.close(request_fd)  # the memory file in flight lives on in the message
+                self._files.back(request_fd)
+            return None
+        if request_fd is not None:
+            self._files.lend(self._token, request_fd)
+        return self._token
 
     def news(self) -> List[News]:
         """What the spawner said since the last call (never blocks).  Once it is gone,
@@ -179,6 +180,8 @@ class Spawner:
                 self.ready = True
             else:
                 found.append(news)
+                if self._files.lent:
+                    self._files.heard(news)
         return found
 
     def close(self) -> Tuple[List[News], Optional[Set[int]]]:
@@ -205,6 +208,7 @@ class Spawner:
         news = self.news()  # left in the socket, then its end
         self.sock.close()
         self.alive = False
+        self._files.close()
         return news, children
 
 
@@ -239,16 +243,85 @@ class _Capped:
         return size
 
 
-def _request_file(request: Any) -> int:
-    """A memory file holding ``request`` as one message (see :mod:`taylor.wire`): a call's payload
-    goes out of band, so that the worker reads it in place."""
-    fd = os.memfd_create("taylor-request", os.MFD_CLOEXEC)  # AttributeError where there is none
-    try:
-        write_parts(fd, encode_parts(request))
-    except BaseException:
+class _RequestFiles:
+    """The boss's memory files for large requests, written again once the worker that mapped one
+    has exited (the spawner's EXITED news): a fresh file takes fresh pages for each request (some
+    0.6 ms per MiB on the reference VM), a file used before has them already.
+
+    Bounded: at most :attr:`KEEP` idle files, none over :attr:`LARGEST` bytes kept, and past
+    :attr:`MOST` files lent at once, one-off files (closed once sent, as the kernel keeps what is
+    in flight) so that the boss's descriptors stay few.
+    """
+
+    KEEP = 4
+    LARGEST = 16 << 20
+    MOST = 64
+
+    def __init__(self) -> None:
+        self.idle: List[int] = []
+        self.sizes: Dict[int, int] = {}
+        self.by_token: Dict[int, int] = {}  # lent, the worker's pid not known yet
+        self.by_pid: Dict[int, int] = {}  # lent to a worker that has not exited
+
+    @property
+    def lent(self) -> int:
+        return len(self.by_token) + len(self.by_pid)
+
+    def write(self, request: Any) -> int:
+        """A memory file holding ``request`` as one message (see :mod:`taylor.wire`), its payloads out
+        of band so that the worker reads them in place; bytes past the message are stale (its
+        header says its length)."""
+        fd = self.idle.pop() if self.idle else os.memfd_create("taylor-request", os.MFD_CLOEXEC)
+        try:
+            parts = encode_parts(request)
+            os.lseek(fd, 0, os.SEEK_SET)
+            write_parts(fd, parts)
+        except BaseException:
+            self.back(fd)
+            raise
+        self.sizes[fd] = max(self.sizes.get(fd, 0), sum(memoryview(part).nbytes for part in parts))
+        return fd
+
+    def lend(self, token: int, fd: int) -> None:
+        """``fd`` went with request ``token``: idle again once its worker has exited."""
+        if self.lent >= self.MOST:
+            self._close(fd)  # a one-off: the kernel keeps it for the message
+        else:
+            self.by_token[token] = fd
+
+    def heard(self, news: News) -> None:
+        kind, first, second = news
+        if kind == STARTED:
+            fd = self.by_token.pop(first, None)
+            if fd is not None:
+                self.by_pid[second] = fd
+        elif kind == REFUSED:
+            fd = self.by_token.pop(first, None)
+            if fd is not None:
+                self.back(fd)
+        elif kind == EXITED:
+            fd = self.by_pid.pop(first, None)
+            if fd is not None:
+                self.back(fd)
+
+    def back(self, fd: int) -> None:
+        """``fd`` is no one's now: idle, or closed."""
+        if len(self.idle) < self.KEEP and self.sizes.get(fd, 0) <= self.LARGEST:
+            self.idle.append(fd)
+        else:
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        self.sizes.pop(fd, None)
         os.close(fd)
-        raise
-    return fd
+
+    def close(self) -> None:
+        """The spawner is gone: its workers' mappings outlive these descriptors."""
+        for fd in [*self.idle, *self.by_token.values(), *self.by_pid.values()]:
+            self._close(fd)
+        self.idle.clear()
+        self.by_token.clear()
+        self.by_pid.clear()
 
 
 #: mmap's MAP_POPULATE (Linux; named in the module from Python 3.10): the pages mapped at once.
@@ -259,7 +332,8 @@ def _load_request(fd: int, shared: Mapping[str, Any]) -> Tuple[type, Dict[str, A
     """In a worker forked for a large request: its class and attributes, from the memory file ``fd``.
     The file stays mapped: a call's payload is a view of it, never copied."""
     try:
-        mapped = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+        size = message_size(os.pread(fd, HEADER_SIZE, 0))  # what follows is a longer request's, before
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
     ref, attributes = load_framed(memoryview(mapped))

@@ -31,7 +31,8 @@ from collections import deque
 from typing import Any, Deque, List, Optional
 
 __all__ = ["encode", "encode_parts", "Decoder", "Outbox", "write_all", "write_parts", "send_parts", "MessageTooLarge",
-           "read_chunk", "Undecodable", "pack_report", "load_framed", "load_parted", "pickled_size"]
+           "read_chunk", "Undecodable", "pack_report", "load_framed", "load_parted", "pickled_size",
+           "HEADER_SIZE", "message_size"]
 
 _HEADER = struct.Struct("!Q")
 _SIZE = struct.Struct("!Q")
@@ -255,6 +256,14 @@ def _load(payload: Any, flags: int, owned: bool) -> Any:
         return load_parted(memoryview(payload), owned)
     except Exception as exc:  # noqa: BLE001 - reported to the reader
         return Undecodable(exc)
+
+
+HEADER_SIZE = _HEADER.size
+
+
+def message_size(header: bytes) -> int:
+    """The size of the message (header included) whose first :data:`HEADER_SIZE` bytes are ``header``."""
+    return _HEADER.size + (_HEADER.unpack(header)[0] & ~_OUT_OF_BAND)
 
 
 def load_framed(view: memoryview) -> Any:

@@ -63,6 +63,23 @@ def test_megabyte_instructions_and_reports_arrive_byte_for_byte():
         got["array"][:1] = -1  # an ordinary array of the caller's: writable
 
 
+def test_memory_files_written_again_for_later_requests_give_each_worker_its_own_bytes():
+    """The boss writes large requests in memory files it uses again once their worker has exited:
+    requests larger and smaller than the file's last one (whose bytes remain past the new one's
+    end) each arrive whole, and the boss holds a bounded number of such files."""
+    sizes = [300_000, 2 * MIB, 70_000, MIB, 3 * MIB, 100_000, 80_000, 2 * MIB, 90_000, 400_000, 75_000, MIB]
+    blobs = [os.urandom(size) for size in sizes]
+    boss = taylor.Boss(scheduler=MaxThreadsScheduler(max_threads=2))
+    try:
+        boss.set_instructions(None, dict(echo_seed=list(range(len(blobs))), blob=blobs))
+        boss.make_them_work()
+        report = boss.wait_till_finished()
+    finally:
+        boss.close()
+    assert report.ok
+    assert [e["report"]["given"] for e in report.in_order] == [hashlib.sha256(b).hexdigest() for b in blobs]
+
+
 def test_boss_memory_does_not_keep_the_reports_that_passed_through_it():
     """600 reports of 2 MiB: the boss passes them on, and its window of recent entries keeps none
     (before, it kept the last 1,000 entries whole: 1.2 GB here).  It does keep, for reuse, the

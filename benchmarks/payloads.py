@@ -1,0 +1,118 @@
+"""Megabyte instructions and reports through ``Boss``/``batch_main``, and what building them before the Boss costs.
+
+The boss is a fork of the script made when the Boss is created, and every worker
+a fork of it: memory the script holds then is in every worker's address space
+(free to read, copy-on-write), and each fork costs more the more of it there is.
+Three ways, each measurement in a fresh Python process, the three alternating
+within each round in a rotating order:
+
+* ``boss-first``: the Boss is created, then the individual instructions (one
+  distinct 1 MiB ``bytes`` value per worker) are built and given to it;
+* ``rows-first``: the same instructions built first, then the Boss created
+  (what ``batch_main(common, individual)`` does with lists built beforehand);
+* ``reports``: small instructions, each worker returns 1 MiB.
+
+Reported: medians and ranges of tasks per second (from ``set_instructions`` to
+the final report) and of CPU per task (the script and every process it reaped,
+from before the Boss's creation to after its end).
+
+    python benchmarks/payloads.py                 # 200 tasks, 2 at a time, 5 rounds
+    python benchmarks/payloads.py --tasks 400 --rounds 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MIB = 1 << 20
+WORKERS = 2
+WAYS = ("boss-first", "rows-first", "reports")
+
+
+def _cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(way: str, tasks: int) -> dict:
+    """One measurement, in this (fresh) process."""
+    import taylor
+    from taylor import Worker
+    from taylor.schedulers import MaxThreadsScheduler
+
+    class Payloaded(Worker):
+        _footprint = dict(attr=dict(data=dict(type=bytes), give=dict(type=int, optional=True, default=0)))
+
+        def _task(self):
+            return bytes(self.give) if self.give else len(self.data)
+
+    def rows():
+        if way == "reports":
+            return dict(data=[b"x"] * tasks, give=[MIB] * tasks)
+        return dict(data=[i.to_bytes(4, "big") * (MIB // 4) for i in range(tasks)])
+
+    cpu0 = _cpu()
+    individual = rows() if way == "rows-first" else None
+    boss = taylor.Boss(scheduler=MaxThreadsScheduler(max_threads=WORKERS))
+    if individual is None:
+        individual = rows()
+    try:
+        start = time.perf_counter()
+        boss.set_instructions(None, individual)
+        del individual
+        boss.make_them_work()
+        report = boss.wait_till_finished()
+        wall = time.perf_counter() - start
+    finally:
+        boss.close()
+    assert report.ok and len(report.workers) == tasks
+    return {"wall": wall, "cpu": _cpu() - cpu0}
+
+
+def _one(way: str, tasks: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--measure", way, str(tasks)], capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
+    if out.returncode != 0:
+        raise RuntimeError(f"{way} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _median_range(values: list, fmt: str) -> str:
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--measure", nargs=2, metavar=("WAY", "TASKS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
+        return
+    results: dict = {way: [] for way in WAYS}
+    for round_ in range(args.rounds):
+        for way in WAYS[round_ % len(WAYS):] + WAYS[:round_ % len(WAYS)]:
+            results[way].append(_one(way, args.tasks))
+        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    print(f"{args.tasks} tasks of 1 MiB, {WORKERS} at a time, {args.rounds} rounds: median (min-max); "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
+    print("| way | tasks/s | CPU ms per task |")
+    print("|---|---|---|")
+    for way in WAYS:
+        runs = results[way]
+        print(f"| {way} | {_median_range([args.tasks / r['wall'] for r in runs], ',.0f')} | "
+              f"{_median_range([1000 * r['cpu'] / args.tasks for r in runs], '.2f')} |")
+
+
+if __name__ == "__main__":
+    main()
