@@ -330,10 +330,11 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if sys.platform.startswith("lin
 
 def _load_request(fd: int, shared: Mapping[str, Any]) -> Tuple[type, Dict[str, Any]]:
     """In a worker forked for a large request: its class and attributes, from the memory file ``fd``.
-    The file stays mapped: a call's payload is a view of it, never copied."""
+    The file stays mapped: a call's payload, or a NumPy array, is a view of it, never copied.  Mapped
+    private and writable, as an unpickled copy would be: what the task writes there is its own."""
     try:
         size = message_size(os.pread(fd, HEADER_SIZE, 0))  # what follows is a longer request's, before
-        mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | _POPULATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
     ref, attributes = load_framed(memoryview(mapped))

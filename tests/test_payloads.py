@@ -26,6 +26,23 @@ MIB = 1 << 20
 np = pytest.importorskip("numpy")
 
 
+class Box:
+    """An object holding an array (footprints cannot examine bare arrays as instructions)."""
+
+    def __init__(self, array):
+        self.array = array
+
+
+class Doubler(Worker):
+    """Doubles its array in place, as a task may do with what it was given; reports its sum."""
+
+    _footprint = dict(attr=dict(doubled=dict(type=Box)))
+
+    def _task(self):
+        self.doubled.array *= 2
+        return int(self.doubled.array.sum())
+
+
 class Echo(Worker):
     """Reports ``size`` bytes made from its seed, and a digest of the ``blob`` it was given."""
 
@@ -103,6 +120,17 @@ def test_boss_memory_does_not_keep_the_reports_that_passed_through_it():
         assert grown < 300, f"the boss grew {grown} MiB after 1,200 MiB passed through it"
     finally:
         boss.close()
+
+
+def test_a_large_array_instruction_is_the_workers_own_to_change():
+    """An array over the spawner's datagram reaches the worker as a view of a memory file (no copy),
+    writable like an unpickled copy; what one worker writes is seen by no other."""
+    array = np.arange(100_000, dtype=np.int64)  # 800 KB
+    report = batch_main(dict(doubled=Box(array)), dict(name=["a", "b", "c"]), print_report=False,
+                        scheduler=MaxThreadsScheduler(max_threads=2))
+    assert report.ok
+    assert [e["report"] for e in report.workers] == [int(array.sum()) * 2] * 3
+    assert array[1] == 1  # the caller's own array is untouched
 
 
 class Watching(MaxThreadsScheduler):
