@@ -285,7 +285,7 @@ def load_parted(view: memoryview, owned: bool = True) -> Any:
     buffers = []
     for size in sizes:
         part = view[start:start + size]
-        buffers.append(part if owned else bytes(part))
+        buffers.append(part if owned else bytearray(part))  # writable, as an unpickled copy would be
         start += size
     return pickle.loads(view[:first], buffers=buffers)
 
