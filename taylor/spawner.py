@@ -324,17 +324,15 @@ class _RequestFiles:
         self.by_pid.clear()
 
 
-#: mmap's MAP_POPULATE (Linux; named in the module from Python 3.10): the pages mapped at once.
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if sys.platform.startswith("linux") else 0)
-
-
 def _load_request(fd: int, shared: Mapping[str, Any]) -> Tuple[type, Dict[str, Any]]:
     """In a worker forked for a large request: its class and attributes, from the memory file ``fd``.
     The file stays mapped: a call's payload, or a NumPy array, is a view of it, never copied.  Mapped
     private and writable, as an unpickled copy would be: what the task writes there is its own."""
     try:
         size = message_size(os.pread(fd, HEADER_SIZE, 0))  # what follows is a longer request's, before
-        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE | _POPULATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        # Not MAP_POPULATE: on a private writable mapping it copies every page (0.4 ms per MiB
+        # here); read as needed, the file's pages are mapped sixteen at a time, uncopied.
+        mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
     ref, attributes = load_framed(memoryview(mapped))
