@@ -9,9 +9,9 @@ channel is writable, so a caller that does not read cannot stall the boss.
 Large payloads cross without copies in between.  A message made by
 :func:`encode_parts` carries the buffers its pickle gave out of band (pickle
 protocol 5: what is wrapped in :class:`pickle.PickleBuffer`, such as a call's
-payload or a report pickled apart, and bytearrays and NumPy arrays) after the
-pickle, written as they are (``writev``); the top bit of its length says so,
-and a trailer ends it: the buffers' sizes, then their count.  A reader
+payload or a report pickled apart, and NumPy arrays) after the pickle,
+written as they are (``writev``); the top bit of its length says so, and a
+trailer ends it: the buffers' sizes, then their count.  A reader
 gathers a large message in a buffer of its own, and its out-of-band buffers
 are views of that buffer: a megabyte is copied from the kernel once, and
 passed on to the next process from there.
