@@ -196,6 +196,7 @@ class Executor(_BaseExecutor):
         self._cancel = False
         self._broken: Optional[BaseException] = None
         self._closed = False
+        self._woken = False  # a byte is in the wake-up pipe that the manager has not read yet
         self._boss.make_them_work()
         self._thread = threading.Thread(target=self._manage, name=f"taylor-executor-{self._boss.pid}")
         self._thread.start()
@@ -301,8 +302,10 @@ class Executor(_BaseExecutor):
         return False
 
     def _wake(self) -> None:
-        """Wake the manager (called holding ``_lock``, which guards the pipe's closing)."""
-        if not self._closed:
+        """Wake the manager (called holding ``_lock``, which guards the pipe's closing), unless a
+        wake-up is pending already: a burst of submits costs one write, and one turn of the manager."""
+        if not self._closed and not self._woken:
+            self._woken = True
             with contextlib.suppress(BlockingIOError):  # full: it is awake already
                 os.write(self._wake_w, b"x")
 
@@ -324,7 +327,8 @@ class Executor(_BaseExecutor):
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 1 << 16)
-                with self._lock:
+                with self._lock:  # what was queued before this is seen below: later submits wake it again
+                    self._woken = False
                     shutdown, cancel = self._shutdown, self._cancel
                 if cancel and ending != "stop":
                     self._cancel_all()
