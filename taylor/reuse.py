@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 import socket
+import struct
 import sys
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional
@@ -43,7 +45,7 @@ from . import wire
 from .forking import _signal, ended_children, set_parent_death_signal, worker_handlers
 from .launcher import Host, Launcher
 from .local import LocalProcesses
-from .worker import OK, _flush_output, _outcome, _unsendable, exit_on_error, prepare_class
+from .worker import _flush_output, _outcome, exit_on_error, outcome_message, prepare_class
 
 __all__ = ["ReuseProcesses", "INLINE_BYTES"]
 
@@ -57,6 +59,10 @@ _SMALL = 64 * 1024
 
 #: Task message kinds, boss to process: a task's pickle inline, or in a memory file whose descriptor comes along.
 _INLINE, _FILE = b"I", b"F"
+
+#: A task's header: its kind, then its pickle's size (the framing of :func:`taylor.wire.encode`);
+#: the pickle is made by ``pickle.dumps``: some 1.5 us less per task than a pickler on a stream.
+_inline_header = struct.Struct("!cQ").pack
 
 
 class _Process:
@@ -108,7 +114,7 @@ class ReuseProcesses(Launcher):
         the outcome comes on the process's outcome pipe, which this launcher watches."""
         instructions = worker.instructions
         cls = instructions.worker_class
-        data = wire.encode((cls, instructions.attributes({})))
+        data = pickle.dumps((cls, instructions.attributes({})), protocol=pickle.HIGHEST_PROTOCOL)
         proc = self.idle.pop() if self.idle else self._fork(cls)
         try:
             self._send(proc, data)
@@ -125,14 +131,16 @@ class ReuseProcesses(Launcher):
 
     @staticmethod
     def _send(proc: _Process, data: bytes) -> None:
-        """One write: the process is idle, so its task pipe is empty and takes a task this small whole."""
+        """Send a task's pickle: in one write, to a task pipe that is empty (the process is idle) and
+        takes a task this small whole; or in a memory file."""
+        header = _inline_header(_INLINE, len(data))
         if len(data) <= INLINE_BYTES:
-            message = _INLINE + data
-            if os.write(proc.task_fd, message) < len(message):  # not empty: taken as a process gone wrong
+            if os.writev(proc.task_fd, (header, data)) < len(header) + len(data):  # taken as a process gone wrong
                 raise BlockingIOError(f"the task pipe of {proc!r} was not empty")
             return
         fd = os.memfd_create("taylor-task", os.MFD_CLOEXEC)
         try:
+            wire.write_all(fd, header[1:])
             wire.write_all(fd, data)
             socket.send_fds(proc.sock, [_FILE], [fd])  # there before the process reads the mark below
         finally:
@@ -178,21 +186,33 @@ class ReuseProcesses(Launcher):
 
     # ------------------------------------------------------------- hearing back
     def _on_readable(self, proc: _Process) -> None:
-        """Read what the process sent: each message is the outcome of the task it runs."""
+        """Read what the process sent: each message is the outcome of the task it runs.
+
+        A small outcome takes one read; a large one is read by its decoder straight into a
+        buffer of its size (see :class:`taylor.wire.Decoder`)."""
+        if proc.sock is None:
+            return
+        try:
+            data = os.read(proc.fd, _SMALL)
+        except BlockingIOError:
+            return
+        if not data:  # it is ending: its end is told when it is reaped
+            self._drop(proc)
+            return
+        for message in proc.decoder.feed(data):
+            self._task_over(proc, message)
+        if len(data) < _SMALL and not proc.decoder.partial:
+            return  # all there was (the wait is level-triggered): no second read to learn so
         while proc.sock is not None:
             try:
-                data = os.read(proc.fd, _SMALL)
-            except BlockingIOError:
-                return
-            except (ConnectionResetError, BrokenPipeError):
-                data = b""
-            if not data:  # it is ending: its end is told when it is reaped
+                messages = proc.decoder.read(proc.fd)
+            except EOFError:
                 self._drop(proc)
                 return
-            for message in proc.decoder.feed(data):
+            if messages is None:
+                return
+            for message in messages:
                 self._task_over(proc, message)
-            if len(data) < _SMALL and not proc.decoder.partial:
-                return  # all there was (the wait is level-triggered): no second read to learn so
 
     def _task_over(self, proc: _Process, outcome: Any) -> None:
         worker, proc.worker = proc.worker, None
@@ -339,9 +359,6 @@ def _child(task_fd: int, out_fd: int, sock_fd: int, close_fds: Iterable[int], pa
     os._exit(0)
 
 
-_OK_NONE = wire.encode((OK, None))
-
-
 def _serve(task_fd: int, out_fd: int, sock_fd: int, shared: Mapping[str, Any], max_report_bytes: int) -> None:
     """Run the tasks that come on ``task_fd`` and write back each one's outcome on ``out_fd``, until
     ``task_fd`` ends.
@@ -399,15 +416,15 @@ def _run_one(message: Any, shared: Mapping[str, Any], max_report_bytes: int, out
         from .worker import RAISED, _sendable_exception
 
         outcome = (RAISED, _sendable_exception(exc), traceback.format_exc())
-    try:
-        data = _OK_NONE if outcome[0] is OK and outcome[1] is None else \
-            wire.encode(outcome, limit=max_report_bytes)
-    except Exception as exc:  # noqa: BLE001 - too large, or pickling failed in one of many ways
-        data = wire.encode(_unsendable(exc))
+    parts = outcome_message(outcome, max_report_bytes)  # a report travels packed, as a fresh worker's
     _flush_output()
-    written = os.write(out_fd, data)
-    if written < len(data):  # a report larger than the pipe: the rest as the boss reads it
-        wire.write_all(out_fd, memoryview(data)[written:])
+    if len(parts) == 1:
+        data = parts[0]
+        written = os.write(out_fd, data)
+        if written < len(data):  # a report larger than the pipe: the rest as the boss reads it
+            wire.write_all(out_fd, memoryview(data)[written:])
+    else:
+        wire.write_parts(out_fd, parts)
 
 
 def _redirect(folder: str, attributes: Mapping[str, Any]) -> None:
