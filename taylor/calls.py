@@ -205,6 +205,10 @@ def loads_call(data: bytes) -> Tuple[Any, tuple, Dict[str, Any]]:
             "module, or install cloudpickle (pip install 'taylor[executor]')") from exc
 
 
+#: Call payloads this large or larger travel out of band in taylor's messages (see :class:`Payload`).
+OUT_OF_BAND_BYTES = 16 * 1024
+
+
 class Payload:
     """An opaque call payload in the instructions: short to print, so footprints' checks of the
     instructions cost the same for a 1 MiB call as for an empty one."""
@@ -217,7 +221,11 @@ class Payload:
     def __reduce_ex__(self, protocol: int):
         # Protocol 5: out of band where the pickler takes buffers apart (taylor's messages, see
         # taylor.wire), so the megabytes of a call are not copied into each message that carries it.
-        return Payload, (pickle.PickleBuffer(self.data) if protocol >= 5 else bytes(self.data),)
+        # A small one stays in band: copying it costs less than a part of its own in each message.
+        data = self.data
+        if protocol >= 5 and len(data) >= OUT_OF_BAND_BYTES:
+            return Payload, (pickle.PickleBuffer(data),)
+        return Payload, (data if type(data) is bytes else bytes(data),)
 
     def __repr__(self) -> str:
         return f"<call payload of {len(self.data)} bytes>"
