@@ -17,6 +17,7 @@ reaped, from before the pool's creation to after its shutdown), and for the
     python benchmarks/executor.py                          # default sizes, 3 rounds
     python benchmarks/executor.py --rounds 5 --scale 2     # twice the calls
     python benchmarks/executor.py --only taylor ppe        # some contenders
+    python benchmarks/executor.py --baseline ../main       # taylor's contenders from another tree too
 """
 
 from __future__ import annotations
@@ -177,10 +178,10 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _one(contender: str, workload: str, calls: int) -> dict:
+def _one(contender: str, workload: str, calls: int, root: Path = HERE.parent) -> dict:
     out = subprocess.run([sys.executable, __file__, "--measure", contender, workload, str(calls)],
                          capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
+                         env=dict(os.environ, PYTHONPATH=str(root)))
     if out.returncode != 0:
         raise RuntimeError(f"{contender} on {workload} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -198,6 +199,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the number of calls")
     parser.add_argument("--only", nargs="+", choices=sorted(CONTENDERS), help="these contenders only")
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--baseline", type=Path, help="also measure taylor's contenders with the taylor of "
+                        "this source tree (e.g. the main branch's), alternating with the others")
     parser.add_argument("--measure", nargs=3, metavar=("CONTENDER", "WORKLOAD", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -208,13 +211,18 @@ def main() -> None:
     skipped = [n for n in (args.only or CONTENDERS) if n not in names]
     if skipped:
         print(f"skipped (not installed): {', '.join(skipped)}", file=sys.stderr)
+    roots = {name: HERE.parent for name in names}
+    if args.baseline:
+        for name in [n for n in names if n.startswith("taylor")]:
+            roots[f"{name}@base"] = args.baseline.resolve()
+            names.insert(names.index(name) + 1, f"{name}@base")
     results: dict = {(n, w): [] for n in names for w in args.workloads}
     for round_ in range(args.rounds):
         for workload in args.workloads:
             calls = max(1, int(WORKLOADS[workload][0] * args.scale))
             order = names[round_ % len(names):] + names[:round_ % len(names)]
             for name in order:
-                results[name, workload].append((calls, _one(name, workload, calls)))
+                results[name, workload].append((calls, _one(name.split("@")[0], workload, calls, roots[name])))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     print(f"{WORKERS} calls at a time, {args.rounds} rounds: median (min-max); Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs\n")
@@ -228,7 +236,8 @@ def main() -> None:
             runs = [r for _, r in results[name, workload]]
             rate = _median_range([calls / r["wall"] for r in runs], ",.0f")
             cpu = _median_range([1000 * r["cpu"] / calls for r in runs], ".2f")
-            row = f"| {CONTENDERS[name][2]} | {rate} | {cpu} |"
+            label = CONTENDERS[name.split("@")[0]][2] + (f" ({args.baseline})" if "@" in name else "")
+            row = f"| {label} | {rate} | {cpu} |"
             if extra:
                 ideal = calls * CPU_SECONDS / WORKERS
                 row += f" {_median_range([r['wall'] / ideal for r in runs], '.2f')} |"

@@ -105,6 +105,30 @@ class _MadeTooLate(TypeError):
     """A function the executor's processes cannot get: raised as it is, it says what to do."""
 
 
+class _ByValue(Exception):
+    """Raised by :class:`_FastPickler` for an object only cloudpickle can send."""
+
+
+def _too_late(obj: FunctionType) -> _MadeTooLate:
+    where = "in __main__" if obj.__module__ == "__main__" else "inside a function or as a lambda"
+    return _MadeTooLate(
+        f"function {obj.__qualname__} (defined {where}) was made after the Executor was created, so "
+        "its processes, forked then, do not hold it, and pickle cannot send it by name. Define it "
+        "before creating the Executor, move it to an importable module, or install cloudpickle "
+        "(pip install 'taylor[executor]') to send it by value")
+
+
+def _by_reference(obj: Any) -> bool:
+    """Whether cloudpickle would send this function or class by name, as pickle does."""
+    if _by_value_needed(obj):
+        return False
+    try:
+        from cloudpickle.cloudpickle import _should_pickle_by_reference
+    except ImportError:  # pragma: no cover - an older cloudpickle: let it decide
+        return False
+    return _should_pickle_by_reference(obj)
+
+
 class _CallPickler(_Base):
     """Pickles a call, sending the functions its executor's processes already hold by address."""
 
@@ -117,14 +141,34 @@ class _CallPickler(_Base):
             if self._known.get(id(obj)) is obj:
                 return _fork_function, (id(obj), obj.__qualname__)
             if cloudpickle is None and _by_value_needed(obj):
-                where = "in __main__" if obj.__module__ == "__main__" else "inside a function or as a lambda"
-                raise _MadeTooLate(
-                    f"function {obj.__qualname__} (defined {where}) was made after the Executor was created, so "
-                    "its processes, forked then, do not hold it, and pickle cannot send it by name. Define it "
-                    "before creating the Executor, move it to an importable module, or install cloudpickle "
-                    "(pip install 'taylor[executor]') to send it by value")
+                raise _too_late(obj)
         if cloudpickle is not None:
             return super().reducer_override(obj)
+        return NotImplemented
+
+
+class _FastPickler(pickle.Pickler):
+    """The C pickler, tried first: cloudpickle's pickler costs some 15 us more per call (it is
+    set up for each call, and consulted in Python for every object).  It gives up (:class:`_ByValue`)
+    at the first function or class that cloudpickle would send by value, so that its pickles are
+    the ones cloudpickle would make."""
+
+    def __init__(self, file: Any, known: Mapping[int, FunctionType]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._known = known
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is FunctionType and obj is not _fork_function:
+            if self._known.get(id(obj)) is obj:
+                return _fork_function, (id(obj), obj.__qualname__)
+            if cloudpickle is None:
+                if _by_value_needed(obj):
+                    raise _too_late(obj)
+            elif not _by_reference(obj):
+                raise _ByValue
+        elif cloudpickle is not None and isinstance(obj, type) and not _by_reference(obj):
+            raise _ByValue
         return NotImplemented
 
 
@@ -132,7 +176,15 @@ def dumps_call(fn: Any, args: tuple, kwargs: Dict[str, Any], known: Mapping[int,
     """The payload of one call; raises TypeError (saying what to do) when it cannot be sent."""
     buffer = io.BytesIO()
     try:
-        _CallPickler(buffer, known).dump((fn, args, kwargs))
+        try:
+            _FastPickler(buffer, known).dump((fn, args, kwargs))
+        except _MadeTooLate:
+            raise
+        except Exception:  # noqa: BLE001 - by value, or unknown to pickle: cloudpickle's turn (or pickle's error)
+            if cloudpickle is None:
+                raise
+            buffer = io.BytesIO()
+            _CallPickler(buffer, known).dump((fn, args, kwargs))
     except _MadeTooLate as exc:
         raise TypeError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - pickling fails in many ways: say which call, and why
@@ -153,6 +205,10 @@ def loads_call(data: bytes) -> Tuple[Any, tuple, Dict[str, Any]]:
             "module, or install cloudpickle (pip install 'taylor[executor]')") from exc
 
 
+#: Call payloads this large or larger travel out of band in taylor's messages (see :class:`Payload`).
+OUT_OF_BAND_BYTES = 16 * 1024
+
+
 class Payload:
     """An opaque call payload in the instructions: short to print, so footprints' checks of the
     instructions cost the same for a 1 MiB call as for an empty one."""
@@ -165,7 +221,11 @@ class Payload:
     def __reduce_ex__(self, protocol: int):
         # Protocol 5: out of band where the pickler takes buffers apart (taylor's messages, see
         # taylor.wire), so the megabytes of a call are not copied into each message that carries it.
-        return Payload, (pickle.PickleBuffer(self.data) if protocol >= 5 else bytes(self.data),)
+        # A small one stays in band: copying it costs less than a part of its own in each message.
+        data = self.data
+        if protocol >= 5 and len(data) >= OUT_OF_BAND_BYTES:
+            return Payload, (pickle.PickleBuffer(data),)
+        return Payload, (data if type(data) is bytes else bytes(data),)
 
     def __repr__(self) -> str:
         return f"<call payload of {len(self.data)} bytes>"

@@ -55,6 +55,11 @@ BOSS_BYTES = 16 << 20
 #: its arguments before it is sent.
 PICKLED_AT_SEND = 1 << 16
 
+#: Calls the manager sends the boss at most per turn: the boss starts on them while the manager
+#: checks the next ones (some 20-30 us a call in the caller), and entries are read in between.  One
+#: batch of all the calls of a large ``map`` left the boss idle, waiting for it.
+BATCH = 128
+
 #: Per-call options :meth:`Executor.options` accepts, and how each is checked.
 _OPTIONS = ("memory", "timeout", "expected_time", "name")
 
@@ -196,6 +201,7 @@ class Executor(_BaseExecutor):
         self._cancel = False
         self._broken: Optional[BaseException] = None
         self._closed = False
+        self._woken = False  # a byte is in the wake-up pipe that the manager has not read yet
         self._boss.make_them_work()
         self._thread = threading.Thread(target=self._manage, name=f"taylor-executor-{self._boss.pid}")
         self._thread.start()
@@ -301,8 +307,10 @@ class Executor(_BaseExecutor):
         return False
 
     def _wake(self) -> None:
-        """Wake the manager (called holding ``_lock``, which guards the pipe's closing)."""
-        if not self._closed:
+        """Wake the manager (called holding ``_lock``, which guards the pipe's closing), unless a
+        wake-up is pending already: a burst of submits costs one write, and one turn of the manager."""
+        if not self._closed and not self._woken:
+            self._woken = True
             with contextlib.suppress(BlockingIOError):  # full: it is awake already
                 os.write(self._wake_w, b"x")
 
@@ -318,13 +326,15 @@ class Executor(_BaseExecutor):
         boss = self._boss
         error: Optional[BaseException] = None
         ending = None  # 'end' once told to finish, 'stop' once told to stop
+        more = False  # calls are queued that could be sent now: look, but do not wait
         try:
             while not boss.ended:
-                ready = _poll([self._wake_r] + boss.waitable())
+                ready = _poll([self._wake_r] + boss.waitable(), 0 if more else None)
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 1 << 16)
-                with self._lock:
+                with self._lock:  # what was queued before this is seen below: later submits wake it again
+                    self._woken = False
                     shutdown, cancel = self._shutdown, self._cancel
                 if cancel and ending != "stop":
                     self._cancel_all()
@@ -332,8 +342,7 @@ class Executor(_BaseExecutor):
                     ending = "stop"
                 for entry in boss.wait_for_entries(timeout=0):
                     self._complete(entry)
-                if ending is None:
-                    self._send_queued()
+                more = ending is None and self._send_queued()
                 if shutdown and ending is None and not self._queue:
                     boss.end()
                     ending = "end"
@@ -343,12 +352,14 @@ class Executor(_BaseExecutor):
         finally:
             self._finish(error)
 
-    def _send_queued(self) -> None:
-        """Send the boss the calls queued, while their payloads in the boss stay under
-        :data:`BOSS_BYTES` (the first always goes): a megabyte call then costs memory the
-        allocators of the caller and the boss reuse, not fresh pages."""
+    def _send_queued(self) -> bool:
+        """Send the boss up to :data:`BATCH` of the calls queued, while their payloads in the boss
+        stay under :data:`BOSS_BYTES` (the first always goes): a megabyte call then costs memory the
+        allocators of the caller and the boss reuse, not fresh pages.  True if more could go now."""
         groups: Dict[Tuple[str, ...], List[Tuple[_Future, Dict[str, Any]]]] = {}
-        while self._queue and (self._in_boss < BOSS_BYTES or not self._futures):
+        for _ in range(BATCH):
+            if not self._sendable():
+                break
             future, row = self._queue.popleft()
             if future.cancelled():
                 continue
@@ -370,6 +381,10 @@ class Executor(_BaseExecutor):
             except TaylorError as exc:
                 if not self._boss.ended:
                     self._fail(calls, exc)
+        return self._sendable()
+
+    def _sendable(self) -> bool:
+        return bool(self._queue) and (self._in_boss < BOSS_BYTES or not self._futures)
 
     def _fail(self, calls: List[Tuple[_Future, Dict[str, Any]]], error: BaseException) -> None:
         for future, row in calls:
@@ -481,11 +496,11 @@ def _results(futures: List[Future], end_time: Optional[float], chunked: bool) ->
             future.cancel()
 
 
-def _poll(fds: List[int]) -> List[int]:
+def _poll(fds: List[int], timeout: Optional[float] = None) -> List[int]:
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
-    return [fd for fd, _ in poller.poll()]
+    return [fd for fd, _ in poller.poll(timeout)]
 
 
 _live: weakref.WeakSet = weakref.WeakSet()
