@@ -181,6 +181,13 @@ class Boss:
         caller are not lost: they are listed in the final report's
         ``pending``, and the next call raises.
         """
+        return self._queue(common_instructions, individual_instructions)
+
+    def _queue(self, common_instructions: Optional[Mapping[str, Any]],
+               individual_instructions: Optional[Mapping[str, Sequence[Any]]],
+               fits: Optional[type] = None) -> List[str]:
+        """:meth:`set_instructions`; ``fits``: the Worker class the rows were made for (see
+        :func:`~taylor.instructions.resolve`), as the Executor's calls are."""
         self._check()
         if self._ended or self._record.final is not None:
             raise BossClosedError(f"the boss{self._record.label} was told the instructions had ended; "
@@ -189,8 +196,7 @@ class Boss:
             raise BossClosedError(f"the boss{self._record.label} was told to stop listening (STOP_LISTENING); "
                                   "instructions sent now would never be reported: create a new Boss")
         rows = expand(common_instructions, individual_instructions)
-        names = set(self._names)
-        instructions = resolve(rows, shared=self._shared, taken=names, visible=self._visible)
+        instructions = resolve(rows, shared=self._shared, taken=self._names, visible=self._visible, fits=fits)
         validate = getattr(self.scheduler, "validate", None)
         if callable(validate):
             validate(instructions)
@@ -201,8 +207,9 @@ class Boss:
             self._record.index[item["name"]] = position
         for data in messages:
             self._process.send("instructions", None, data)
-        self._names = names
-        return [i["name"] for i in instructions]
+        names = [i["name"] for i in instructions]
+        self._names.update(names)
+        return names
 
     def _encode_chunk(self, chunk: List[Any]) -> List[Any]:
         try:

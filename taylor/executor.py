@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from . import checks
 from .boss import Boss
-from .calls import CANCELLED, Claims, Payload, dumps_call, fork_time_functions, forking_with, run_chunk
+from .calls import CANCELLED, CallWorker, Claims, Payload, dumps_call, fork_time_functions, forking_with, run_chunk
 from .errors import InstructionsError, Interrupted, RemoteTraceback, TaylorError, WorkerError
 from .report import DONE, FAILED
 from .schedulers import MaxThreadsScheduler
@@ -375,7 +375,7 @@ class Executor(_BaseExecutor):
             self._in_boss += future._size
         for keys, calls in groups.items():
             try:
-                self._boss.set_instructions(None, {key: [row[key] for _, row in calls] for key in keys})
+                self._boss._queue(None, {key: [row[key] for _, row in calls] for key in keys}, fits=CallWorker)
             except InstructionsError as exc:  # e.g. more memory than the scheduler could ever grant
                 self._fail(calls, exc)
             except TaylorError as exc:
