@@ -18,6 +18,7 @@ from before the Boss's creation to after its end).
 
     python benchmarks/payloads.py                 # 200 tasks, 2 at a time, 5 rounds
     python benchmarks/payloads.py --tasks 400 --rounds 7
+    python benchmarks/payloads.py --baseline ../old   # the same with the taylor of another tree too
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def measure(way: str, tasks: int) -> dict:
     return {"wall": wall, "cpu": _cpu() - cpu0}
 
 
-def _one(way: str, tasks: int) -> dict:
+def _one(way: str, tasks: int, root: Path) -> dict:
     out = subprocess.run([sys.executable, __file__, "--measure", way, str(tasks)], capture_output=True, text=True,
-                         timeout=600, env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
+                         timeout=600, env=dict(os.environ, PYTHONPATH=str(root)))
     if out.returncode != 0:
         raise RuntimeError(f"{way} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,22 +95,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--baseline", type=Path, help="also measure each way with the taylor of this tree")
     parser.add_argument("--measure", nargs=2, metavar=("WAY", "TASKS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
         return
-    results: dict = {way: [] for way in WAYS}
+    roots = {way: HERE.parent for way in WAYS}
+    if args.baseline:
+        roots.update({f"{way}@base": args.baseline.resolve() for way in WAYS})
+    names = list(roots)
+    results: dict = {name: [] for name in names}
     for round_ in range(args.rounds):
-        for way in WAYS[round_ % len(WAYS):] + WAYS[:round_ % len(WAYS)]:
-            results[way].append(_one(way, args.tasks))
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            results[name].append(_one(name.split("@")[0], args.tasks, roots[name]))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     print(f"{args.tasks} tasks of 1 MiB, {WORKERS} at a time, {args.rounds} rounds: median (min-max); "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
     print("| way | tasks/s | CPU ms per task |")
     print("|---|---|---|")
-    for way in WAYS:
-        runs = results[way]
+    for name in sorted(names, key=lambda n: (WAYS.index(n.split("@")[0]), n)):
+        runs = results[name]
+        way = name if "@" not in name else f"{name.split('@')[0]} ({args.baseline})"
         print(f"| {way} | {_median_range([args.tasks / r['wall'] for r in runs], ',.0f')} | "
               f"{_median_range([1000 * r['cpu'] / args.tasks for r in runs], '.2f')} |")
 
