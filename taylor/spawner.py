@@ -16,9 +16,11 @@ nobody waits for an answer:
   A request over :data:`MAX_REQUEST` bytes (a 1 MiB instruction, say) comes
   as a token alone, its pickle in a memory file (``memfd``) attached after
   the pipe: the spawner never reads it, the worker it forks does.  So the
-  boss never forks with its queue's megabytes in its heap (every fork of a
+  boss does not fork with its queue's megabytes in its heap (every fork of a
   fat process costs the boss and the worker milliseconds of page-table and
-  copy-on-write work), and the spawner's heap stays small;
+  copy-on-write work), and the spawner's heap stays small.  A request over
+  :data:`MAX_FILE_REQUEST` (a 200 MiB array) is the exception: the boss forks
+  its worker itself, sharing it rather than copying it;
 * spawner to boss: ``READY`` once set up (until then the boss forks workers
   itself, so that the first task does not wait for the spawner's start);
   ``STARTED token pid``; ``REFUSED token errno`` when the fork failed or
@@ -66,10 +68,10 @@ from .forking import (
     set_process_name,
 )
 from .instructions import class_from_ref, class_ref, remember_classes
-from .wire import HEADER_SIZE, encode_parts, load_framed, message_size, write_parts
+from .wire import HEADER_SIZE, encode_parts, load_framed, message_size, pickled_size, write_parts
 from .worker import exit_on_error, prepare_class
 
-__all__ = ["MAX_REQUEST", "NAME", "Spawner"]
+__all__ = ["MAX_FILE_REQUEST", "MAX_REQUEST", "NAME", "Spawner"]
 
 #: The spawner's process name, as ``ps`` shows it.
 NAME = b"taylor-spawner"
@@ -77,6 +79,11 @@ NAME = b"taylor-spawner"
 #: Largest request (pickled attributes) sent in the spawner's datagram; larger ones go in a memory
 #: file (see the protocol above).
 MAX_REQUEST = 1 << 16
+
+#: Largest request sent in a memory file; the boss forks a worker with a larger one itself: its
+#: fork shares the request for free, where copying it costs some 0.6 ms per MiB (a 200 MiB array
+#: given to 8 workers would be written eight times), more than a fork of a large boss.
+MAX_FILE_REQUEST = 16 << 20
 
 _TOKEN = struct.Struct("<Q")
 _NEWS = struct.Struct("<cqq")
@@ -130,9 +137,9 @@ class Spawner:
 
     def ask(self, cls: type, attributes: Mapping[str, Any], report_fd: int) -> Optional[int]:
         """Ask for a worker; the request's token (its pid comes as news), or None if the
-        boss must fork it itself: the request is not picklable, or too large where
-        there are no memory files, the spawner is busy with many requests already,
-        or gone.
+        boss must fork it itself: the request is not picklable, over
+        :data:`MAX_FILE_REQUEST`, or over :data:`MAX_REQUEST` where there are no
+        memory files; the spawner is busy with many requests already, or gone.
         """
         if not (self.alive and self.ready):
             return None
@@ -141,8 +148,11 @@ class Spawner:
         try:
             pickle.Pickler(payload, protocol=pickle.HIGHEST_PROTOCOL).dump((class_ref(cls), attributes))
         except _TooLarge:
+            request = (class_ref(cls), attributes)
             try:
-                request_fd = self._files.write((class_ref(cls), attributes))
+                if pickled_size(request) > MAX_FILE_REQUEST:
+                    return None  # the boss's fork shares it for free
+                request_fd = self._files.write(request)
             except Exception:  # noqa: BLE001 - no memory files here: the boss forks it
                 return None
             payload.data = bytearray()

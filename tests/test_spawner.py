@@ -100,6 +100,17 @@ def test_large_instructions_reach_workers_forked_by_the_spawner_through_a_memory
     assert entries[3]["report"]["thing"] == call
 
 
+def test_a_request_larger_than_a_memory_file_takes_is_forked_by_the_boss_sharing_it(monkeypatch):
+    """Over MAX_FILE_REQUEST, a copy would cost more than the boss's own fork, which shares it."""
+    monkeypatch.setattr(taylor.spawner, "MAX_FILE_REQUEST", 4 * MAX_REQUEST)  # read in the boss, a fork of this
+    blob = os.urandom(5 * MAX_REQUEST)
+    report = _run_when_ready(dict(family=True, echo=True), dict(thing=[b"small", blob, bytes(2 * MAX_REQUEST)]))
+    assert report.ok
+    parents = [e["report"]["parent"] for e in sorted(report.workers, key=lambda e: e["index"])]
+    assert parents[0] == parents[2] == SPAWNER and parents[1] != SPAWNER
+    assert next(e for e in report.workers if e["index"] == 1)["report"]["thing"] == blob
+
+
 def _memory_files_of(pid):
     links = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
