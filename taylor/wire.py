@@ -44,7 +44,6 @@ _OUT_OF_BAND = 1 << 63
 READ_SIZE = 1 << 16
 #: Messages of this many bytes or more are gathered in a buffer of their own (see :class:`Decoder`).
 LARGE = 1 << 18
-CHUNK = 1 << 20  # a large read, for readers that size their own
 #: Parts one ``writev`` takes at most (the system's IOV_MAX is 1024 on Linux).
 _MAX_PARTS = 512
 
