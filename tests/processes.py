@@ -1,11 +1,14 @@
-"""Process checks shared by the tests: is it still running, wait for it to end, kill ours."""
+"""Process checks shared by the tests: is it still running, wait for it to end, kill ours, run one on a terminal."""
 
 from __future__ import annotations
 
 import os
+import pty
+import select
 import signal
+import subprocess
 import time
-from typing import Iterable, List
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import psutil
 
@@ -109,3 +112,36 @@ def until(condition, within: float = 10.0, what: str = "condition"):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def on_terminal(argv: List[str], cwd: str, env: dict, seen: Optional[Callable[[bytes, subprocess.Popen], None]] = None,
+                within: float = 30.0) -> Tuple[int, str]:
+    """Run ``argv`` with stdout and stderr on one pseudo-terminal, as a person at a terminal sees it; call
+    ``seen(all read so far, the process)`` after each read.  Return (exit code, all it wrote); the
+    process is killed if it has not ended within ``within`` seconds."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    data = b""
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal closed: the program ended
+                    break
+                if not chunk:
+                    break
+                data += chunk
+                if seen is not None:
+                    seen(data, proc)
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        os.close(master)
+    return proc.returncode, data.decode()

@@ -5,15 +5,13 @@ it away when the run fails or is interrupted, the error going on unchanged."""
 from __future__ import annotations
 
 import os
-import pty
-import select
 import signal
-import subprocess
 import sys
 import time
 
 import pytest
 import workers  # noqa: F401 - registers Faulty and Sleeper before any Boss is created
+from processes import on_terminal
 from test_cli import ROOT
 
 from taylor import batch_main
@@ -47,35 +45,15 @@ def _on_terminal(tmp_path, instructions: str, progress: str = "True", interrupt=
     """Run a batch_main script with stdout and stderr on one pseudo-terminal (as a person at a terminal sees
     it); with ``interrupt``, send that signal to it once the progress line shows.  Return (exit code, text)."""
     (tmp_path / "batch.py").write_text(SCRIPT.format(instructions=instructions, progress=progress))
-    master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
-    proc = subprocess.Popen([sys.executable, "batch.py"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                            stdout=slave, stderr=slave)
-    os.close(slave)
-    data = b""
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the terminal closed: the script ended
-                    break
-                if not chunk:
-                    break
-                data += chunk
-                if interrupt is not None and b"running 2" in data:
-                    proc.send_signal(interrupt)
-                    interrupt = None
-            elif proc.poll() is not None:
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        os.close(master)
-    return proc.returncode, data.decode()
+
+    def seen(data, proc):
+        nonlocal interrupt
+        if interrupt is not None and b"running 2" in data:
+            proc.send_signal(interrupt)
+            interrupt = None
+
+    return on_terminal([sys.executable, "batch.py"], tmp_path, env, seen)
 
 
 def _cleared_before(text: str, what: str) -> str:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pty
-import select
 import subprocess
 import sys
-import time
 
+from processes import on_terminal
 from test_cli import ROOT, taylor
 
 WORKER = '''
@@ -153,34 +151,10 @@ def test_progress_on_a_pipe_is_plain_lines(tmp_path):
 
 
 def test_progress_line_never_mixes_with_output_on_a_terminal(tmp_path):
-    master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
-    proc = subprocess.Popen([sys.executable, "-m", "taylor", "run", "-j", "2",
-                             "sleep 0.{}; echo out-{}", ":::", *map(str, range(1, 9))],
-                            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
-    os.close(slave)
-    data = b""
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # the terminal closed: taylor ended
-                    break
-                if not chunk:
-                    break
-                data += chunk
-            elif proc.poll() is not None:
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        os.close(master)
-    assert proc.returncode == 0
-    text = data.decode()
+    code, text = on_terminal([sys.executable, "-m", "taylor", "run", "-j", "2", "sleep 0.{}; echo out-{}", ":::",
+                              *map(str, range(1, 9))], tmp_path, env)
+    assert code == 0
     assert "ETA" in text  # the progress line was drawn
     outputs = [line for line in text.replace("\r\n", "\n").split("\n") if "out-" in line]
     assert len(outputs) == 8
