@@ -181,11 +181,11 @@ class Boss:
         caller are not lost: they are listed in the final report's
         ``pending``, and the next call raises.
         """
-        return self._queue(common_instructions, individual_instructions)
+        return self._set_instructions(common_instructions, individual_instructions)
 
-    def _queue(self, common_instructions: Optional[Mapping[str, Any]],
-               individual_instructions: Optional[Mapping[str, Sequence[Any]]],
-               fits: Optional[type] = None) -> List[str]:
+    def _set_instructions(self, common_instructions: Optional[Mapping[str, Any]],
+                          individual_instructions: Optional[Mapping[str, Sequence[Any]]],
+                          fits: Optional[type] = None) -> List[str]:
         """:meth:`set_instructions`; ``fits``: the Worker class the rows were made for (see
         :func:`~taylor.instructions.resolve`), as the Executor's calls are."""
         self._check()

@@ -375,7 +375,8 @@ class Executor(_BaseExecutor):
             self._in_boss += future._size
         for keys, calls in groups.items():
             try:
-                self._boss._queue(None, {key: [row[key] for _, row in calls] for key in keys}, fits=CallWorker)
+                rows = {key: [row[key] for _, row in calls] for key in keys}
+                self._boss._set_instructions(None, rows, fits=CallWorker)
             except InstructionsError as exc:  # e.g. more memory than the scheduler could ever grant
                 self._fail(calls, exc)
             except TaylorError as exc:
