@@ -134,21 +134,20 @@ def test_a_large_array_instruction_is_the_workers_own_to_change():
 
 
 class Watching(MaxThreadsScheduler):
-    """Writes down, in the boss, the recent entries the boss shows it at each call."""
+    """Writes down, in the boss, the recent entries the boss shows it at each call.  (Its required
+    attribute keeps it out of footprints' look-ups of other schedulers.)"""
 
-    def __init__(self, path, **kwargs):
-        super().__init__(**kwargs)
-        self.path = path
+    _footprint = dict(attr=dict(watch_file=dict(type=str)))
 
     def launchable(self, pending, workers, report):
-        with open(self.path, "w") as out:
+        with open(self.watch_file, "w") as out:
             json.dump([dict(name=e["name"], keys=sorted(e), report=repr(e["report"])) for e in report], out)
         return super().launchable(pending, workers, report)
 
 
 def test_schedulers_see_recent_entries_without_instructions_and_large_reports_not_loaded(tmp_path):
     path = str(tmp_path / "seen.json")
-    boss = taylor.Boss(scheduler=Watching(path, max_threads=1))
+    boss = taylor.Boss(scheduler=Watching(watch_file=path, max_threads=1))
     try:
         boss.set_instructions(None, dict(echo_seed=[1, 2], size=[10, LOADED_REPORT + 1], name=["small", "large"]))
         boss.make_them_work()
