@@ -367,6 +367,7 @@ def test_a_boss_stopped_by_sigterm_fails_the_calls_and_says_so(tmp_path):
         ex.shutdown(wait=True)
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the point of the test
 def test_a_forked_child_cannot_use_its_parents_executor():
     with taylor.Executor(max_workers=1) as ex:
         pid = os.fork()
