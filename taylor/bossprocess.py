@@ -27,6 +27,7 @@ from . import wire
 from .bossrecord import RunRecord
 from .engine import Options, serve
 from .errors import BossClosedError, BossDiedError, TaylorError, describe_exit
+from .forking import kill_groups
 from .interrupts import signals_deferred
 
 __all__ = ["BossProcess", "wait_readable"]
@@ -233,9 +234,7 @@ class BossProcess:
         """The boss was killed outright: its workers die with it (parent-death signal), but
         the programs they started, or a command the boss spawned itself, do not.  End the
         process group of every worker that had not ended."""
-        for pid in self.record.running.values():
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+        kill_groups(self.record.running.values())
         self.record.running.clear()
 
     def wait_ended(self, seconds: Optional[float]) -> None:

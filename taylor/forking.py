@@ -26,7 +26,7 @@ try:  # signal.signal's wrapper builds enums: in a fresh fork that costs ~40 pag
 except ImportError:  # not CPython
     _signal = signal  # type: ignore[assignment]
 
-__all__ = ["STOPPING", "Handlers", "bare_fork", "bare_fork_allowed", "fork_worker", "lone_thread_links",
+__all__ = ["STOPPING", "Handlers", "bare_fork", "bare_fork_allowed", "fork_worker", "kill_groups", "lone_thread_links",
            "process_name", "set_parent_death_signal", "set_process_name", "worker_handlers"]
 
 _PR_SET_PDEATHSIG = 1
@@ -41,17 +41,17 @@ Handlers = Sequence[Tuple[int, Any]]
 STOPPING = frozenset({int(signal.SIGTERM), int(signal.SIGINT)})
 
 
-def _load_prctl() -> Optional[Callable[..., int]]:
+def _load_libc() -> Optional[ctypes.CDLL]:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)  # libc is in the program's namespace; no ldconfig run
-        return libc.prctl
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True)  # libc is in the program's namespace; no ldconfig run
+    except OSError:
         return None
 
 
-_prctl = _load_prctl()
+_libc = _load_libc()
+_prctl: Optional[Callable[..., int]] = getattr(_libc, "prctl", None)
 
 
 def _load_bare_fork() -> Optional[Callable[[], int]]:
@@ -117,14 +117,21 @@ def keep_freed_memory() -> bool:
     pages cost a fault each (some 3 µs on the reference VM: 0.8 ms per MiB), memory reused
     costs nothing.  Returns False where there is no glibc.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO)) and bool(mallopt(_M_TRIM_THRESHOLD, KEPT_FREE))
+
+
+def kill_groups(pids: Iterable[int]) -> None:
+    """SIGKILL the process group of each of ``pids`` (workers, each the leader of its own group),
+    ignoring those gone already: the last resort of a process that forked them."""
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:  # none left, or not ours
+            pass
 
 
 def set_parent_death_signal(signum: int) -> bool:

@@ -42,7 +42,7 @@ import traceback
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional
 
 from . import wire
-from .forking import _signal, ended_children, set_parent_death_signal, worker_handlers
+from .forking import _signal, ended_children, kill_groups, set_parent_death_signal, worker_handlers
 from .launcher import Host, Launcher
 from .local import LocalProcesses
 from .worker import _flush_output, _outcome, exit_on_error, outcome_message, prepare_class
@@ -252,7 +252,7 @@ class ReuseProcesses(Launcher):
         del self.by_pid[proc.pid]
         self._on_readable(proc)  # all it wrote is in the pipe by now
         self._drop(proc)
-        _kill_group(proc.pid)  # strays left in its process group (its pid may be another's by now: no kill(pid))
+        kill_groups([proc.pid])  # strays left in its process group (its pid may be another's by now: no kill(pid))
         worker, proc.worker = proc.worker, None
         if worker is not None:
             self.busy -= 1
@@ -325,13 +325,6 @@ class ReuseProcesses(Launcher):
             worker.killed = True
             proc.retired = True
             LocalProcesses._signal(proc.pid, signal.SIGKILL, worker.others)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:  # none left, or not ours
-        pass
 
 
 # ------------------------------------------------------------------ the process's side

@@ -62,6 +62,7 @@ from .forking import (
     _signal,
     bare_fork,
     bare_fork_allowed,
+    kill_groups,
     lone_thread_links,
     process_name,
     set_parent_death_signal,
@@ -487,9 +488,5 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
                 children.add(pid)
                 send(pack(STARTED, token, pid))
     except BaseException:  # noqa: BLE001 - the boss is gone or this loop broke: take the workers along
-        for pid in children:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill_groups(children)
         os._exit(0)

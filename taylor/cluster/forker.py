@@ -39,7 +39,7 @@ import struct
 import sys
 from typing import Dict, List, NoReturn, Optional
 
-from ..forking import _signal, fork_worker, set_parent_death_signal, set_process_name, worker_handlers
+from ..forking import _signal, fork_worker, kill_groups, set_parent_death_signal, set_process_name, worker_handlers
 from ..worker import prepare_class
 from .pickling import loads_class
 
@@ -246,20 +246,13 @@ def serve(path: str, parent: int, ready_fd: int) -> NoReturn:
                         start(request)
                     elif not alive:  # the requester is gone: so is its task
                         if request.pid is not None:
-                            try:
-                                os.killpg(request.pid, signal.SIGKILL)
-                            except OSError:
-                                pass
+                            kill_groups([request.pid])
                         else:
                             end(request)
                         if request.pid is not None:  # its end is reported to nobody, but reaped
                             waiter.unregister(fd)
     except BaseException:  # noqa: BLE001 - this loop broke: take the task processes along
-        for pid in by_pid:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill_groups(by_pid)
         os._exit(70)
     os._exit(0)
 
