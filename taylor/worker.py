@@ -275,7 +275,7 @@ def outcome_message(outcome: tuple, max_report_bytes: int) -> List[Any]:
         if outcome[0] is OK:
             if outcome[1] is None:
                 return [_OK_NONE]
-            packed = pickle.dumps(outcome[1], protocol=pickle.HIGHEST_PROTOCOL)
+            packed = wire.pack_report(outcome[1])
             if max_report_bytes and len(packed) > max_report_bytes:
                 raise wire.MessageTooLarge(len(packed), max_report_bytes)
             return wire.encode_parts((PACKED, pickle.PickleBuffer(packed)))
