@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import workers  # noqa: F401 - registers the test workers
-from processes import gone
+from processes import gone, until
 
 import taylor
 from taylor import Boss, Worker
@@ -149,17 +149,18 @@ def test_a_timeout_stops_the_process_of_its_task_which_is_replaced():
     assert gone([by_value[2]["pid"]], within=5.0) == []
 
 
+def _slot_processes(boss, count):
+    """The boss's ``count`` slot processes (each its own group's leader), or None before they all are."""
+    procs = [p for p in psutil.Process(boss.pid).children() if os.getpgid(p.pid) == p.pid]
+    return procs if len(procs) == count else None
+
+
 def test_stop_right_now_and_close_leave_no_process():
     boss = Boss(reuse=True, scheduler=MaxThreadsScheduler(max_threads=2), stop_grace=0.5)
     try:
         boss.set_instructions(None, dict(pid_value=[1, 2, 3, 4], pid_sleep=[30.0] * 4))
         boss.make_them_work()
-        deadline = time.monotonic() + 10
-        procs = []
-        while len(procs) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            procs = [p for p in psutil.Process(boss.pid).children() if os.getpgid(p.pid) == p.pid]
-        assert len(procs) == 2
+        procs = until(lambda: _slot_processes(boss, 2), what="two slot processes")
         boss.stop_them_working()
         report = boss.wait_till_finished()
     finally:
@@ -237,12 +238,7 @@ def test_sigterm_to_the_boss_leaves_no_process():
     try:
         boss.set_instructions(None, dict(pid_value=[1, 2, 3], pid_sleep=[30.0] * 3))
         boss.make_them_work()
-        deadline = time.monotonic() + 10
-        procs = []
-        while len(procs) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            procs = [p for p in psutil.Process(boss.pid).children() if os.getpgid(p.pid) == p.pid]
-        assert len(procs) == 2
+        procs = until(lambda: _slot_processes(boss, 2), what="two slot processes")
         os.kill(boss.pid, signal.SIGTERM)
         with pytest.raises(Interrupted):
             boss.wait_till_finished()

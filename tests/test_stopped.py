@@ -6,6 +6,7 @@ kills what it stopped in a ``finally``, and bounds every wait.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -414,9 +415,11 @@ def test_a_stopped_boss_killed_leaves_no_orphan():
         boss.close()
 
 
+@contextlib.contextmanager
 def _forked_caller():
-    """A real caller process running a boss with two hanging workers: its pid, and a socket on
-    which it sends the boss's pid."""
+    """A real caller process running a boss with two hanging workers.  Yields its pid, the boss's
+    pid and the processes started (the caller's pid, the boss, the workers: remove the caller's
+    once reaped); ends them all."""
     read_end, write_end = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # the caller
@@ -428,19 +431,23 @@ def _forked_caller():
         finally:
             os._exit(0)
     write_end.close()
-    return pid, read_end
+    started = [pid]
+    try:
+        boss_pid = int(read_end.recv(64))
+        started.append(psutil.Process(boss_pid))
+        started += list(_until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid), what="workers"))
+        yield pid, boss_pid, started
+    finally:
+        read_end.close()
+        _release(started)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
     """Checked with a real caller process: stopped, its boss and workers run on; killed while
     stopped, the boss ends the workers."""
-    pid, read_end = _forked_caller()
-    started = [pid]
-    try:
-        boss_pid = int(read_end.recv(64))
-        started.append(psutil.Process(boss_pid))
-        started += list(_until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid),
-                                          what="workers"))
+    with _forked_caller() as (pid, boss_pid, started):
         os.kill(pid, signal.SIGSTOP)
         time.sleep(0.3)
         assert alive(_pids(started[1:])) == _pids(started[1:])
@@ -448,26 +455,13 @@ def test_a_stopped_caller_leaves_the_run_going_and_its_death_ends_it():
         os.waitpid(pid, 0)
         started.remove(pid)  # reaped: its pid may be reused
         assert not gone(_pids(started[1:]), 5)
-    finally:
-        read_end.close()
-        _release(started)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def test_a_boss_stopped_when_its_caller_dies_still_stops_its_workers():
     """Its caller dead, a stopped boss does not stay stopped with its workers running for nobody
     (the kernel sends SIGHUP and SIGCONT to its newly orphaned process group, and its spawner
     and workers die with it)."""
-    pid, read_end = _forked_caller()
-    started = [pid]
-    try:
-        boss_pid = int(read_end.recv(64))
-        started.append(psutil.Process(boss_pid))
-        started += list(_until(lambda: len(workers_of(boss_pid)) == 2 and workers_of(boss_pid),
-                                          what="workers"))
+    with _forked_caller() as (pid, boss_pid, started):
         started += psutil.Process(boss_pid).children()
         os.kill(boss_pid, signal.SIGSTOP)
         _until(lambda: _stopped(boss_pid), what="the boss stopped")
@@ -475,10 +469,3 @@ def test_a_boss_stopped_when_its_caller_dies_still_stops_its_workers():
         os.waitpid(pid, 0)
         started.remove(pid)  # reaped: its pid may be reused
         assert not gone(_pids(started[1:]), 5), "the stopped boss or its workers outlived the caller"
-    finally:
-        read_end.close()
-        _release(started)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
