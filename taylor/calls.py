@@ -32,8 +32,9 @@ import pickle
 import tempfile
 import threading
 from types import FunctionType
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from . import bulk
 from .errors import WorkerError
 from .worker import Worker
 
@@ -42,8 +43,8 @@ try:  # optional: lambdas and closures made after the executor, sent by value
 except ImportError:  # pragma: no cover - depends on the environment
     cloudpickle = None
 
-__all__ = ["Payload", "CallWorker", "Claims", "CANCELLED", "fork_time_functions", "forking_with", "dumps_call",
-           "loads_call"]
+__all__ = ["Payload", "FiledPayload", "CallWorker", "Claims", "CANCELLED", "fork_time_functions", "forking_with",
+           "dumps_call", "dump_call", "measure_call", "loads_call"]
 
 #: In a boss process (and its workers): the functions that existed when it was forked, by address.
 #: Set in the caller only for the instant of that fork (see :func:`forking_with`).
@@ -174,29 +175,83 @@ class _FastPickler(pickle.Pickler):
 
 def dumps_call(fn: Any, args: tuple, kwargs: Dict[str, Any], known: Mapping[int, FunctionType]) -> bytes:
     """The payload of one call; raises TypeError (saying what to do) when it cannot be sent."""
-    buffer = io.BytesIO()
+    buffers: list = []
+
+    def sink() -> io.BytesIO:
+        buffers.append(io.BytesIO())
+        return buffers[-1]
+
+    dump_call(fn, args, kwargs, known, sink)
+    return buffers[-1].getvalue()
+
+
+class _Kept:
+    """A pickler's file that keeps what it is given up to ``limit`` bytes, and past it only counts."""
+
+    __slots__ = ("data", "size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.data: Optional[bytearray] = bytearray()
+        self.size = 0
+        self.limit = limit
+
+    def write(self, chunk: Any) -> int:
+        size = memoryview(chunk).nbytes
+        self.size += size
+        if self.data is not None:
+            if self.size <= self.limit:
+                self.data += chunk
+            else:
+                self.data = None
+        return size
+
+
+def measure_call(fn: Any, args: tuple, kwargs: Dict[str, Any], known: Mapping[int, FunctionType],
+                 keep: int) -> Tuple[Optional[bytes], int]:
+    """The payload of one call if it is at most ``keep`` bytes (else None), and its size: a large
+    call is pickled here only to learn that it can be sent, and how large it is, without
+    holding its pickle.  Raises TypeError (saying what to do) when it cannot be sent."""
+    sinks: list = []
+
+    def sink() -> _Kept:
+        sinks.append(_Kept(keep))
+        return sinks[-1]
+
+    dump_call(fn, args, kwargs, known, sink)
+    kept = sinks[-1]
+    return (None if kept.data is None else bytes(kept.data)), kept.size
+
+
+def dump_call(fn: Any, args: tuple, kwargs: Dict[str, Any], known: Mapping[int, FunctionType],
+              sink: Callable[[], Any]) -> None:
+    """Pickle one call into ``sink()``, a new file (one per attempt: the C pickler first, then
+    cloudpickle's); raises TypeError (saying what to do) when it cannot be sent."""
     try:
         try:
-            _FastPickler(buffer, known).dump((fn, args, kwargs))
+            _FastPickler(sink(), known).dump((fn, args, kwargs))
         except _MadeTooLate:
             raise
         except Exception:  # noqa: BLE001 - by value, or unknown to pickle: cloudpickle's turn (or pickle's error)
             if cloudpickle is None:
                 raise
-            buffer = io.BytesIO()
-            _CallPickler(buffer, known).dump((fn, args, kwargs))
+            _CallPickler(sink(), known).dump((fn, args, kwargs))
     except _MadeTooLate as exc:
         raise TypeError(str(exc)) from None
+    except OSError:
+        raise  # the sink's own failure (a bulk file without memory): not the call's
     except Exception as exc:  # noqa: BLE001 - pickling fails in many ways: say which call, and why
         raise TypeError(f"the call of {getattr(fn, '__qualname__', fn)!r} cannot be sent to its process: "
                         f"{type(exc).__name__}: {exc}. Its arguments must pickle (or existed as the "
                         "Executor was created, for functions)") from exc
-    return buffer.getvalue()
 
 
-def loads_call(data: bytes) -> Tuple[Any, tuple, Dict[str, Any]]:
+def loads_call(data: Any) -> Tuple[Any, tuple, Dict[str, Any]]:
+    return _loaded(pickle.loads, data)
+
+
+def _loaded(load: Callable[..., Any], *args: Any) -> Any:
     try:
-        return pickle.loads(data)
+        return load(*args)
     except Exception as exc:
         raise WorkerError(
             f"the call could not be unpickled in its process ({type(exc).__name__}: {exc}). Its processes are "
@@ -227,8 +282,35 @@ class Payload:
             return Payload, (pickle.PickleBuffer(data),)
         return Payload, (data if type(data) is bytes else bytes(data),)
 
+    def load(self, seq: int) -> Tuple[Any, tuple, Dict[str, Any]]:
+        """In the worker: ``(fn, args, kwargs)``."""
+        return loads_call(self.data)
+
     def __repr__(self) -> str:
         return f"<call payload of {len(self.data)} bytes>"
+
+
+class FiledPayload(Payload):
+    """A call pickled into its executor's bulk call slot ``slot`` (see :mod:`taylor.bulk`)."""
+
+    __slots__ = ("slot", "size")
+
+    def __init__(self, slot: int, size: int) -> None:
+        self.slot = slot
+        self.size = size
+
+    def __reduce_ex__(self, protocol: int):
+        return FiledPayload, (self.slot, self.size)
+
+    def load(self, seq: int) -> Tuple[Any, tuple, Dict[str, Any]]:
+        files = bulk.inherited()
+        if files is None:
+            raise WorkerError("this call was sent in a bulk file, which its process does not hold "
+                              "(was it sent by another executor?)")
+        return _loaded(files.load_call, self.slot, self.size, bulk.owner_of(seq))
+
+    def __repr__(self) -> str:
+        return f"<call payload of {self.size} bytes in bulk slot {self.slot}>"
 
 
 class Claims:
@@ -294,8 +376,11 @@ class CallWorker(Worker):
     def _task(self) -> Any:
         if not claim_start(self.taylor_claims, self.taylor_seq):
             return CANCELLED
-        fn, args, kwargs = loads_call(self.taylor_call.data)
-        return fn(*args, **kwargs)
+        seq = self.taylor_seq
+        fn, args, kwargs = self.taylor_call.load(seq)
+        result = fn(*args, **kwargs)
+        files = bulk.inherited()
+        return result if files is None else files.file_result(result, bulk.owner_of(seq))
 
 
 def run_chunk(fn: Any, chunk: list) -> list:

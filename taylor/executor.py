@@ -34,10 +34,22 @@ from concurrent.futures import BrokenExecutor, Future, InvalidStateError, _base
 from concurrent.futures import Executor as _BaseExecutor
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import checks
+from . import bulk, checks
 from .boss import Boss
-from .calls import CANCELLED, CallWorker, Claims, Payload, dumps_call, fork_time_functions, forking_with, run_chunk
-from .errors import InstructionsError, Interrupted, RemoteTraceback, TaylorError, WorkerError
+from .calls import (
+    CANCELLED,
+    CallWorker,
+    Claims,
+    FiledPayload,
+    Payload,
+    dump_call,
+    dumps_call,
+    fork_time_functions,
+    forking_with,
+    measure_call,
+    run_chunk,
+)
+from .errors import InstructionsError, Interrupted, RemoteTraceback, ReportError, TaylorError, WorkerError
 from .report import DONE, FAILED
 from .schedulers import MaxThreadsScheduler
 
@@ -77,6 +89,7 @@ class _Future(Future):
         self._claims = claims
         self._seq = seq
         self._size = size  # of its payload
+        self._filed = False  # its payload went in a bulk file (see taylor.bulk)
 
     def cancel(self) -> bool:
         with self._condition:
@@ -174,15 +187,19 @@ class Executor(_BaseExecutor):
                 raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
             scheduler = MaxThreadsScheduler(limit="threads", max_threads=max_workers)
         self._claims = Claims()
+        self._bulk = bulk.BulkFiles.make(max_report_bytes)  # large calls and results go around the boss
         functions = fork_time_functions()
         try:
-            with forking_with(functions):  # an executor's failures are its futures' exceptions: not logged
+            with forking_with(functions), bulk.forking_with(self._bulk):
+                # An executor's failures are its futures' exceptions: not logged.
                 self._boss = Boss(scheduler=scheduler, name=name, verbose=verbose, on_error="continue",
                                   timeout=timeout, stop_grace=stop_grace, max_report_bytes=max_report_bytes,
                                   reuse=reuse, max_tasks_per_process=max_tasks_per_process,
                                   log_failures=verbose)
         except BaseException:
             self._claims.close()
+            if self._bulk is not None:
+                self._bulk.close()
             raise
         self._known = weakref.WeakValueDictionary(functions)
         del functions  # the boss holds them; here, only while the caller does
@@ -234,10 +251,8 @@ class Executor(_BaseExecutor):
         if os.getpid() != self._owner:
             raise RuntimeError(f"this executor{self._label()} belongs to process {self._owner}, which created it; "
                                "a forked child must create its own Executor")
-        data = dumps_call(fn, args, kwargs, self._known)  # TypeError now if it cannot be sent
-        size = len(data)
-        call = Payload(data) if size <= PICKLED_AT_SEND else _Later(fn, args, kwargs)
-        del data  # a large one is pickled again when sent: see PICKLED_AT_SEND
+        data, size = measure_call(fn, args, kwargs, self._known, PICKLED_AT_SEND)  # TypeError now if it cannot be sent
+        call = _Later(fn, args, kwargs) if data is None else Payload(data)  # large: pickled when sent
         with self._lock:
             if self._broken is not None:
                 raise BrokenExecutor(f"the executor{self._label()} can run nothing more: "
@@ -366,7 +381,7 @@ class Executor(_BaseExecutor):
             later = row["taylor_call"]
             if isinstance(later, _Later):
                 try:
-                    row["taylor_call"] = Payload(dumps_call(later.fn, later.args, later.kwargs, self._known))
+                    row["taylor_call"] = self._pickled(later, future)
                 except TypeError as exc:  # it pickled at submit: its arguments changed since
                     _settle(future.set_exception, exc)
                     continue
@@ -384,6 +399,19 @@ class Executor(_BaseExecutor):
                     self._fail(calls, exc)
         return self._sendable()
 
+    def _pickled(self, later: _Later, future: _Future) -> Payload:
+        """A large call's payload: in a free bulk call slot (see :mod:`taylor.bulk`) where it can be,
+        else for the boss to carry."""
+        if self._bulk is not None and future._size <= bulk.LARGEST_CALL:
+            def dump(sink: Callable[[], Any]) -> None:
+                dump_call(later.fn, later.args, later.kwargs, self._known, sink)
+
+            filed = self._bulk.file_call(bulk.owner_of(future._seq), dump, future._size)
+            if filed is not None:
+                future._filed = True
+                return FiledPayload(*filed)
+        return Payload(dumps_call(later.fn, later.args, later.kwargs, self._known))
+
     def _sendable(self) -> bool:
         return bool(self._queue) and (self._in_boss < BOSS_BYTES or not self._futures)
 
@@ -398,6 +426,8 @@ class Executor(_BaseExecutor):
         if future is not None:
             self._in_boss -= future._size
         status, report = entry["status"], entry["report"]
+        if self._bulk is not None:
+            status, report = self._unfiled(entry, future, status, report)
         # The boss handle keeps every entry for its final report, which nobody reads here: it keeps
         # them without the call's payload and result, which belong to the future alone.
         entry.update(report=None, instructions={"name": entry["name"]})
@@ -418,6 +448,22 @@ class Executor(_BaseExecutor):
             if tb and report.__cause__ is None:
                 report.__cause__ = RemoteTraceback(tb)
             _settle(future.set_exception, report)
+
+    def _unfiled(self, entry: Dict[str, Any], future: Optional[_Future], status: str, report: Any) -> Tuple[str, Any]:
+        """The entry's status and report once a result left in a bulk file is read (and its slot
+        freed), and the slots of a call whose process died holding them freed."""
+        if type(report) is bulk.Filed:
+            try:
+                report = self._bulk.read_result(report)
+            except Exception as exc:  # noqa: BLE001 - the result's class cannot be loaded here, say
+                status = FAILED
+                report = ReportError(f"call {entry['name']!r} returned a result that this process (the caller) "
+                                     f"cannot unpickle ({type(exc).__name__}: {exc}). Make its class importable "
+                                     "here, and its pickling independent of the process", worker=entry["name"],
+                                     pid=entry.get("pid"))
+        if future is not None and (future._filed or status != DONE):
+            self._bulk.release(bulk.owner_of(future._seq))
+        return status, report
 
     def _cancel_all(self) -> None:
         for future, _ in list(self._queue):
@@ -450,6 +496,8 @@ class Executor(_BaseExecutor):
                 broken.__cause__ = error
                 _settle(future.set_exception, broken)
         self._claims.close()
+        if self._bulk is not None:
+            self._bulk.close()
         _live.discard(self)
 
 

@@ -64,6 +64,7 @@ from .forking import (
     bare_fork_allowed,
     kill_groups,
     lone_thread_links,
+    map_large_blocks,
     process_name,
     set_parent_death_signal,
     set_process_name,
@@ -390,6 +391,7 @@ def _serve(sock: socket.socket, boss: int, close_fds: List[int], shared: Dict[st
     _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     _signal.signal(signal.SIGCHLD, _note_signal)
     remember_classes()  # each request then finds its class with a dict look-up
+    map_large_blocks()  # the boss's allocator settings cost its workers copy-on-write copies
     # What the workers inherit is never garbage to them: frozen, a collection in a worker does not
     # touch (and so copy) it; a full one would otherwise copy most of the heap (1,465 pages here).
     gc.freeze()

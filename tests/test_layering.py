@@ -22,7 +22,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "taylor"
 LAYERS = [
     # 0: foundations, shared by every process
     {"errors", "checks", "wire", "report", "poller", "output", "progress", "shared", "util", "interrupts",
-     "schedulers"},
+     "schedulers", "bulk"},
     # 1: what a task is, before any process
     {"instructions", "worker", "journal", "gnu", "sources", "status", "calls"},
     # 2: starting processes
