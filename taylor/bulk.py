@@ -220,8 +220,8 @@ class BulkFiles:
                 mapped.close()
         finally:
             self._result_sizes[slot] = max(self._result_sizes[slot], filed.size)
+            self._trim(self._result_sizes, self.results, [slot])  # before it is free: a worker may take it then
             self._set(SLOTS + slot, 0)
-            self._trim(self._result_sizes, self.results, [slot])
 
     def release(self, owner: int) -> None:
         """The entry of call ``owner`` came back: free the slots it still owns (its process died
@@ -232,8 +232,9 @@ class BulkFiles:
                     self._set(first + slot, 0)
 
     def _trim(self, sizes: List[int], fds: List[int], free: List[int]) -> None:
-        """Empty free files, largest first, while the files of one direction keep more than
-        :data:`KEEP_BYTES` of pages."""
+        """Empty files, largest first, while the files of one direction keep more than
+        :data:`KEEP_BYTES` of pages.  ``free`` are files nobody else may write meanwhile: free call
+        files (only the caller takes them), or a result file the caller has read and not yet freed."""
         for slot in sorted(free, key=sizes.__getitem__, reverse=True):
             if sum(sizes) <= KEEP_BYTES:
                 break

@@ -59,12 +59,11 @@ __all__ = ["Executor", "CallOptions"]
 #: caller's queue (where cancelling them is free) until earlier ones end.
 BOSS_BYTES = 16 << 20
 
-#: Calls whose pickle is larger than this are pickled twice: at submit, to raise there if they
-#: cannot be sent (that pickle is dropped at once), and when sent to the boss.  Between the two
-#: the caller holds the call's arguments, not megabytes of pickles: the memory of a pickle just
-#: dropped is reused by the next, where a queue of them would each take fresh pages (some 0.8 ms
-#: per MiB on the reference VM).  Like ProcessPoolExecutor, such a call then sees changes made to
-#: its arguments before it is sent.
+#: Calls whose pickle is larger than this are pickled when sent to the boss (into a bulk file
+#: where one is free, see :mod:`taylor.bulk`); at submit their pickle is only counted, to raise
+#: there if they cannot be sent.  Between the two the caller holds the call's arguments, not
+#: megabytes of pickles, each in fresh pages (some 0.8 ms per MiB on the reference VM).  Like
+#: ProcessPoolExecutor, such a call then sees changes made to its arguments before it is sent.
 PICKLED_AT_SEND = 1 << 16
 
 #: Calls the manager sends the boss at most per turn: the boss starts on them while the manager

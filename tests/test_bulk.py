@@ -145,6 +145,17 @@ def test_with_every_result_slot_taken_results_go_through_the_boss_intact():
         assert max(ex._bulk._result_sizes) > 0  # and through a file once one is free
 
 
+def test_files_past_the_pages_kept_are_emptied_once_read_and_every_result_stays_intact(monkeypatch):
+    monkeypatch.setattr(bulk, "KEEP_BYTES", MIB)  # the caller's rule: its workers never read it
+    with taylor.Executor(max_workers=4) as ex:
+        futures = [ex.submit(make, seed, 600 * KIB) for seed in range(40)]
+        for seed, future in enumerate(futures):
+            assert future.result(timeout=60) == made(seed, 600 * KIB)
+        kept = sum(os.fstat(fd).st_size for fd in ex._bulk.results)
+        assert 0 < kept <= MIB + 600 * KIB
+        assert owners(ex) == [0] * (2 * bulk.SLOTS)
+
+
 def test_a_process_that_dies_holding_a_call_slot_gives_it_back():
     with taylor.Executor(max_workers=2) as ex:
         future = ex.submit(ignore, made(3, MIB), DiesUnpickled())
