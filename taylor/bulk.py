@@ -212,12 +212,7 @@ class BulkFiles:
         """The result a worker left in ``filed``'s slot, which is free again once read."""
         slot = filed.slot
         try:
-            mapped = mmap.mmap(self.results[slot], filed.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            try:
-                with memoryview(mapped) as view:
-                    return pickle.loads(view)
-            finally:
-                mapped.close()
+            return _load(self.results[slot], filed.size)
         finally:
             self._result_sizes[slot] = max(self._result_sizes[slot], filed.size)
             self._trim(self._result_sizes, self.results, [slot])  # before it is free: a worker may take it then
@@ -246,12 +241,7 @@ class BulkFiles:
     def load_call(self, slot: int, size: int, owner: int) -> Any:
         """In the worker: the call in ``slot``, unpickled, the slot freed (it is the caller's again)."""
         try:
-            mapped = mmap.mmap(self.calls[slot], size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            try:
-                with memoryview(mapped) as view:
-                    return pickle.loads(view)  # copies what it keeps: nothing refers to the mapping after
-            finally:
-                mapped.close()
+            return _load(self.calls[slot], size)
         finally:
             if self._owners(0)[slot] == owner:
                 self._set(slot, 0)
@@ -295,6 +285,18 @@ class BulkFiles:
             with contextlib.suppress(OSError):
                 os.close(fd)
         _live.discard(self)
+
+
+def _load(fd: int, size: int) -> Any:
+    """Unpickle the first ``size`` bytes of memory file ``fd``, mapped for the time of it: its pages
+    are mapped sixteen to a fault, and the objects built copy what they keep, so nothing refers to
+    the mapping after."""
+    mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    try:
+        with memoryview(mapped) as view:
+            return pickle.loads(view)
+    finally:
+        mapped.close()
 
 
 #: Every set of bulk files of this process, so that a process forked from it closes those it does

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -198,6 +199,18 @@ def test_a_result_over_the_limit_fails_its_future_as_through_the_boss():
         assert owners(ex) == [0] * (2 * bulk.SLOTS)
 
 
+def unpicklable_after(size):
+    return [made(1, size), threading.Lock()]  # the bytes spill into a file before the lock fails
+
+
+def test_a_large_result_that_cannot_be_pickled_fails_as_through_the_boss_and_frees_its_slot():
+    with taylor.Executor(max_workers=2) as ex:
+        future = ex.submit(unpicklable_after, MIB)
+        with pytest.raises(ReportError, match="could not be pickled"):
+            future.result(timeout=30)
+        assert owners(ex) == [0] * (2 * bulk.SLOTS)
+
+
 def test_a_result_the_caller_cannot_load_fails_its_own_future_and_frees_its_slot(monkeypatch):
     monkeypatch.setenv("TAYLOR_TEST_CALLER", str(os.getpid()))
     with taylor.Executor(max_workers=2) as ex:
@@ -221,6 +234,8 @@ def test_each_boss_holds_its_own_executors_files_and_shutdown_closes_them():
     first = taylor.Executor(max_workers=1)
     second = taylor.Executor(max_workers=1)
     try:
+        for ex in (first, second):  # its boss is running its loop: past the fork's clean-up
+            assert ex.submit(ignore).result(timeout=30) is None
         per_set = 2 * bulk.SLOTS + 1
         assert len(bulk_fds(first._boss.pid)) == per_set
         assert len(bulk_fds(second._boss.pid)) == per_set  # not the first executor's as well
