@@ -129,8 +129,9 @@ def map_large_blocks() -> bool:
     workers inherit its allocator.  In a fresh fork, a large block served from the heap reuses
     pages the parent touched, and each page written then costs a copy-on-write copy; a block
     mapped afresh costs a zero page (none at all where it is never written, as for ``calloc``).
-    Measured on the reference VM: a worker given a 1 MiB call spent 0.3 to 0.5 ms more
-    under the boss's settings."""
+    Measured on the reference VM: loading a 1 MiB call cost a fork 0.3 to 0.5 ms more under the
+    boss's settings when its parent had 8 MiB freed on its heap; the spawner's heap holds less, and
+    its workers given 1 MiB spent about 0.1 ms less with glibc's values."""
     return _mallopt(DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
 
 

@@ -230,6 +230,9 @@ def test_reuse_mode_carries_large_calls_and_results_too():
         assert max(ex._bulk._result_sizes) >= MIB and max(ex._bulk._call_sizes) >= MIB
 
 
+# Python 3.12+ warns of both forks below: this test forks a threaded process on purpose, and a second
+# executor's boss is forked while the first's thread runs (docs/executor.rst says so).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_each_boss_holds_its_own_executors_files_and_shutdown_closes_them():
     first = taylor.Executor(max_workers=1)
     second = taylor.Executor(max_workers=1)
