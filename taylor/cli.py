@@ -1103,7 +1103,7 @@ def schedulers(cluster: Optional[str] = None) -> None:
 
 def _describe_cluster(cluster: str) -> None:
     """What ``taylor run --cluster`` would use: the Dask cluster's figures, each with its source."""
-    from .cluster.connect import ClusterError
+    from .cluster.connection import ClusterError
 
     try:
         from .cluster.capacity import ClusterCapacity

@@ -19,7 +19,7 @@ import cluster_workers  # noqa: E402, F401 - registers Pinned
 from dask_cluster import TESTS, running_cluster  # noqa: E402
 
 from taylor import Boss, batch_main  # noqa: E402
-from taylor.cluster.connect import ClusterError  # noqa: E402
+from taylor.cluster.connection import ClusterError  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
 from taylor.schedulers import MaxThreadsScheduler  # noqa: E402
 

@@ -7,7 +7,6 @@ a worker or the scheduler get a cluster of their own.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -28,7 +27,8 @@ from dask_cluster import TESTS, running_cluster, task_processes  # noqa: E402
 
 import taylor  # noqa: E402
 from taylor import Boss, batch_main, run_as_server  # noqa: E402
-from taylor.cluster.connect import ClusterError  # noqa: E402
+from taylor.cluster import connection  # noqa: E402
+from taylor.cluster.connection import ClusterError  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
 from taylor.errors import CapacityError, WorkerDiedError, WorkerTimeoutError  # noqa: E402
 from taylor.schedulers import MaxMemoryScheduler  # noqa: E402
@@ -184,7 +184,7 @@ def test_the_scheduler_killed_mid_run_is_a_clear_error_not_a_hang(own_cluster):
 def test_an_unreachable_scheduler_is_a_clear_error(monkeypatch):
     from dask_cluster import free_port
 
-    monkeypatch.setattr(importlib.import_module("taylor.cluster.connect"), "CONNECT_TIMEOUT", 2.0)
+    monkeypatch.setattr(connection, "CONNECT_TIMEOUT", 2.0)
 
     with pytest.raises(ClusterError, match="could not reach the Dask scheduler at .* within 2 s"):
         boss = Boss(cluster=f"tcp://127.0.0.1:{free_port()}")

@@ -13,7 +13,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 from distributed.security import Security  # noqa: E402
 
 from taylor.cluster import ClusterError  # noqa: E402
-from taylor.cluster.connect import portable  # noqa: E402
+from taylor.cluster.connection import portable  # noqa: E402
 from taylor.cluster.launcher import DaskLauncher  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 One role per module:
 
-* :mod:`~taylor.cluster.connect`: what ``cluster=`` may be, and connecting to it;
+* :mod:`~taylor.cluster.connection`: what ``cluster=`` may be, and connecting to it;
 * :mod:`~taylor.cluster.capacity`: the cluster's workers, threads and memory, and placement;
 * :mod:`~taylor.cluster.pickling`: how Worker classes (even the caller script's) travel;
 * :mod:`~taylor.cluster.forker`: the clean per-host process that forks task processes;
@@ -12,7 +12,7 @@ One role per module:
 ``import taylor`` never imports this package, nor Dask.
 """
 
-from .connect import ClusterError, connect
+from .connection import ClusterError, connect
 
 __all__ = ["ClusterError", "connect", "DaskLauncher", "ClusterCapacity"]
 

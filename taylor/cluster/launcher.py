@@ -42,7 +42,7 @@ from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
 from .. import wire
 from ..errors import CapacityError
 from .capacity import ClusterCapacity
-from .connect import CONNECT_TIMEOUT, ClusterError, connect, describe_target, require_distributed
+from .connection import CONNECT_TIMEOUT, ClusterError, connect, describe_target, require_distributed
 from .pickling import dumps_attributes, dumps_class
 
 __all__ = ["DaskLauncher", "RemoteTask", "Ended", "ISOLATED", "IN_WORKER", "describe_cluster"]
@@ -142,7 +142,7 @@ class DaskLauncher:
     """Runs taylor tasks on a Dask cluster; see the module's docstring for the interface.
 
     * ``cluster``: scheduler address, scheduler file or ``distributed.Client``
-      (see :func:`taylor.cluster.connect.connect`); ``security`` and
+      (see :func:`taylor.cluster.connection.connect`); ``security`` and
       ``connect_timeout`` go to the connection.
     * ``mode``: ``"isolated"`` (a fresh process per task, forked on its host
       by a forker the launcher installs on every Dask worker as a plugin) or

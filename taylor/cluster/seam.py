@@ -2,11 +2,11 @@
 
 :class:`ClusterSpec` is what a caller's ``Boss(cluster=...)`` gives the boss
 process (a Client cannot cross the boss's fork: see
-:func:`taylor.cluster.connect.portable`); :class:`ClusterLauncher` implements
+:func:`taylor.cluster.connection.portable`); :class:`ClusterLauncher` implements
 :class:`taylor.launcher.Launcher` over a :class:`DaskLauncher`:
 
 * ``open`` connects (an unreachable scheduler fails the run with a
-  :class:`~taylor.cluster.connect.ClusterError`), watches the launcher's one
+  :class:`~taylor.cluster.connection.ClusterError`), watches the launcher's one
   descriptor, and fits the run's scheduler to the cluster's capacity
   (:meth:`Host.capacity`), again whenever workers join or leave;
 * with a binding scheduler (``binded=True``), the scheduler still decides what
@@ -27,14 +27,14 @@ process (a Client cannot cross the boss's fork: see
 
 from __future__ import annotations
 
-import importlib
 import signal
 from typing import Any, Dict, List, Optional
 
 from ..errors import TaylorError
 from ..launcher import Host, Launcher
 from ..schedulers.binding import BindToTicket
-from .connect import portable
+from . import connection
+from .connection import portable
 
 __all__ = ["ClusterSpec", "ClusterLauncher"]
 
@@ -70,8 +70,8 @@ class ClusterSpec:
         self.cluster = cluster
         self.security = security
         self.mode = mode
-        # None: taylor.cluster.connect.CONNECT_TIMEOUT as it is now (seconds to reach the scheduler)
-        default = importlib.import_module(".connect", __package__).CONNECT_TIMEOUT  # the module, not the function
+        # None: taylor.cluster.connection.CONNECT_TIMEOUT as it is now (seconds to reach the scheduler)
+        default = connection.CONNECT_TIMEOUT
         self.connect_timeout = float(default if connect_timeout is None else connect_timeout)
 
     def __repr__(self) -> str:
