@@ -379,6 +379,8 @@ class CallWorker(Worker):
         seq = self.taylor_seq
         fn, args, kwargs = self.taylor_call.load(seq)
         result = fn(*args, **kwargs)
+        if result is None:  # nothing to file: no code of taylor.bulk touched (each page a fork's copy)
+            return None
         files = bulk.inherited()
         return result if files is None else files.file_result(result, bulk.owner_of(seq))
 
