@@ -26,10 +26,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import sides  # beside this file
 
 HERE = Path(__file__).resolve().parent
 WORKERS = 2
@@ -178,21 +179,6 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _one(contender: str, workload: str, calls: int, root: Path = HERE.parent) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", contender, workload, str(calls)],
-                         capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PYTHONPATH=str(root)))
-    if out.returncode != 0:
-        raise RuntimeError(f"{contender} on {workload} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _median_range(values: list, fmt: str) -> str:
-    import statistics
-
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -222,7 +208,9 @@ def main() -> None:
             calls = max(1, int(WORKLOADS[workload][0] * args.scale))
             order = names[round_ % len(names):] + names[:round_ % len(names)]
             for name in order:
-                results[name, workload].append((calls, _one(name.split("@")[0], workload, calls, roots[name])))
+                result = sides.run(__file__, [name.split("@")[0], workload, str(calls)], roots[name],
+                                 f"{name} on {workload}")
+                results[name, workload].append((calls, result))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     print(f"{WORKERS} calls at a time, {args.rounds} rounds: median (min-max); Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs\n")
@@ -234,13 +222,13 @@ def main() -> None:
         print("|---|---|---|" + ("---|" if extra else ""))
         for name in names:
             runs = [r for _, r in results[name, workload]]
-            rate = _median_range([calls / r["wall"] for r in runs], ",.0f")
-            cpu = _median_range([1000 * r["cpu"] / calls for r in runs], ".2f")
+            rate = sides.median_range([calls / r["wall"] for r in runs], ",.0f")
+            cpu = sides.median_range([1000 * r["cpu"] / calls for r in runs], ".2f")
             label = CONTENDERS[name.split("@")[0]][2] + (f" ({args.baseline})" if "@" in name else "")
             row = f"| {label} | {rate} | {cpu} |"
             if extra:
                 ideal = calls * CPU_SECONDS / WORKERS
-                row += f" {_median_range([r['wall'] / ideal for r in runs], '.2f')} |"
+                row += f" {sides.median_range([r['wall'] / ideal for r in runs], '.2f')} |"
             print(row)
         print()
 

@@ -27,11 +27,11 @@ import argparse
 import json
 import os
 import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import sides  # beside this file
 
 HERE = Path(__file__).resolve().parent
 MIB = 1 << 20
@@ -79,18 +79,6 @@ def measure(way: str, tasks: int) -> dict:
     return {"wall": wall, "cpu": _cpu() - cpu0}
 
 
-def _one(way: str, tasks: int, root: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--measure", way, str(tasks)], capture_output=True, text=True,
-                         timeout=600, env=dict(os.environ, PYTHONPATH=str(root)))
-    if out.returncode != 0:
-        raise RuntimeError(f"{way} failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _median_range(values: list, fmt: str) -> str:
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=200)
@@ -108,7 +96,7 @@ def main() -> None:
     results: dict = {name: [] for name in names}
     for round_ in range(args.rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            results[name].append(_one(name.split("@")[0], args.tasks, roots[name]))
+            results[name].append(sides.run(__file__, [name.split("@")[0], str(args.tasks)], roots[name], name))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     print(f"{args.tasks} tasks of 1 MiB, {WORKERS} at a time, {args.rounds} rounds: median (min-max); "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
@@ -117,8 +105,8 @@ def main() -> None:
     for name in sorted(names, key=lambda n: (WAYS.index(n.split("@")[0]), n)):
         runs = results[name]
         way = name if "@" not in name else f"{name.split('@')[0]} ({args.baseline})"
-        print(f"| {way} | {_median_range([args.tasks / r['wall'] for r in runs], ',.0f')} | "
-              f"{_median_range([1000 * r['cpu'] / args.tasks for r in runs], '.2f')} |")
+        print(f"| {way} | {sides.median_range([args.tasks / r['wall'] for r in runs], ',.0f')} | "
+              f"{sides.median_range([1000 * r['cpu'] / args.tasks for r in runs], '.2f')} |")
 
 
 if __name__ == "__main__":
