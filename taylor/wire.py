@@ -28,7 +28,7 @@ import pickle
 import socket
 import struct
 from collections import deque
-from typing import Any, Deque, List, Optional
+from typing import Any, Callable, Deque, List, Optional
 
 __all__ = ["encode", "encode_parts", "Decoder", "Outbox", "write_all", "write_parts", "send_parts", "MessageTooLarge",
            "read_chunk", "Undecodable", "pack_report", "load_framed", "load_parted", "pickled_size",
@@ -315,18 +315,19 @@ def write_all(fd: int, data: Any) -> None:
 def write_parts(fd: int, parts: List[Any]) -> None:
     """Write every byte of ``parts`` (see :func:`encode_parts`) to a blocking ``fd``, with as few
     system calls as it takes (``writev``)."""
-    views = deque(memoryview(part).cast("B") for part in parts)
-    while views:
-        written = os.writev(fd, list(views)[:_MAX_PARTS])
-        _advance(views, written)
+    _gather(parts, lambda views: os.writev(fd, views))
 
 
 def send_parts(sock: socket.socket, parts: List[Any], flags: int = 0) -> None:
     """Send every byte of ``parts`` on a blocking socket (its timeout applies to each ``sendmsg``)."""
+    _gather(parts, lambda views: sock.sendmsg(views, (), flags))
+
+
+def _gather(parts: List[Any], write: Callable[[List[memoryview]], int]) -> None:
+    """Pass ``parts`` to ``write`` (a gathering write, which returns the bytes it took) until all is written."""
     views = deque(memoryview(part).cast("B") for part in parts)
     while views:
-        sent = sock.sendmsg(list(views)[:_MAX_PARTS], (), flags)
-        _advance(views, sent)
+        _advance(views, write(list(views)[:_MAX_PARTS]))
 
 
 def _advance(views: Deque[memoryview], written: int) -> None:
