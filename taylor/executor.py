@@ -88,7 +88,6 @@ class _Future(Future):
         self._claims = claims
         self._seq = seq
         self._size = size  # of its payload
-        self._filed = False  # its payload went in a bulk file (see taylor.bulk)
 
     def cancel(self) -> bool:
         with self._condition:
@@ -407,7 +406,6 @@ class Executor(_BaseExecutor):
 
             filed = self._bulk.file_call(bulk.owner_of(future._seq), dump, future._size)
             if filed is not None:
-                future._filed = True
                 return FiledPayload(*filed)
         return Payload(dumps_call(later.fn, later.args, later.kwargs, self._known))
 
@@ -450,7 +448,8 @@ class Executor(_BaseExecutor):
 
     def _unfiled(self, entry: Dict[str, Any], future: Optional[_Future], status: str, report: Any) -> Tuple[str, Any]:
         """The entry's status and report once a result left in a bulk file is read (and its slot
-        freed), and the slots of a call whose process died holding them freed."""
+        freed), and the slots of a call whose process died holding them freed.  A call that ran
+        freed its call slot as it loaded the call; one cancelled before it started never loaded it."""
         if type(report) is bulk.Filed:
             try:
                 report = self._bulk.read_result(report)
@@ -460,7 +459,7 @@ class Executor(_BaseExecutor):
                                      f"cannot unpickle ({type(exc).__name__}: {exc}). Make its class importable "
                                      "here, and its pickling independent of the process", worker=entry["name"],
                                      pid=entry.get("pid"))
-        if future is not None and (future._filed or status != DONE):
+        if future is not None and (status != DONE or report is CANCELLED):
             self._bulk.release(bulk.owner_of(future._seq))
         return status, report
 
